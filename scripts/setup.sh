@@ -62,6 +62,9 @@ macos_tools() {
   "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON is missing"
 }
 
+command -v cargo >/dev/null 2>&1 \
+  || die "Rust is missing: install it with rustup (https://rustup.rs), then rerun"
+
 case "$OS" in
   Linux)
     command -v dpkg-query >/dev/null 2>&1 \
