@@ -48,11 +48,16 @@ debian_packages() {
     sudo=(sudo)
   fi
   say "installing Debian packages: ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq \
-    || die "apt-get update failed; install by hand: apt-get install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
+  local log
+  log=$(mktemp)
+  if ! { "${sudo[@]}" apt-get update -qq \
+      && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "could not install Debian packages; install by hand: apt-get install ${missing[*]}"
+  fi
+  rm -f "$log"
 }
 
 macos_tools() {
