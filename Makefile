@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup build run test lint bench
+.PHONY: setup build run test lint bench reference
 
 setup:
 	@scripts/setup.sh
@@ -25,3 +25,9 @@ lint:
 
 bench: setup
 	$(CARGO) bench --bench matmul
+
+# Regenerates tests/fixtures/smollm2_*_reference.json with the Python reference pipeline
+# (mlx-lm 0.32 on the GGUF converted to a float32 HF folder). Needs PyPI access the first time;
+# `make test` does not need it (the fixtures are committed). See scripts/reference/README.md.
+reference: setup
+	@scripts/reference/regenerate.sh

@@ -1,0 +1,323 @@
+//! The Llama-family transformer (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over the paged
+//! KV cache.
+//!
+//! One forward step takes a [`BatchPlan`] — sequences prefilling prompt chunks and
+//! sequences decoding one token, mixed — and returns next-token logits for each sequence.
+//! Projections and MLP run on all new tokens packed together; attention runs on a padded
+//! per-sequence grid over keys gathered from each sequence's own blocks, so sequences never
+//! see each other's history. A single sequence takes the exact shapes mlx-lm uses
+//! (contiguous keys, causal or no mask), which keeps single-stream outputs identical to the
+//! reference.
+
+use mlx_rs::error::Exception;
+use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
+use mlx_rs::ops::indexing::{IndexOp, take_axis};
+use mlx_rs::ops::{add, multiply};
+use mlx_rs::{Array, Dtype};
+
+use super::ModelError;
+use super::batch::BatchPlan;
+use super::config::ModelConfig;
+use super::kv_cache::PagedKvCache;
+use super::weights::{Linear, TensorMap, WeightMode};
+
+struct DecoderLayer {
+    input_norm: Array,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3: per-head RMSNorm of queries and keys.
+    q_norm: Option<Array>,
+    k_norm: Option<Array>,
+    post_attention_norm: Array,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// A loaded Llama-family model. Its arrays belong to the thread that loaded it.
+pub struct LlamaModel {
+    config: ModelConfig,
+    mode: WeightMode,
+    embed_tokens: Linear,
+    layers: Vec<DecoderLayer>,
+    norm: Array,
+    /// `None` when the output projection is tied to the embedding.
+    lm_head: Option<Linear>,
+    /// Llama-3 scaled RoPE periods; `None` = plain `rope_theta`.
+    rope_freqs: Option<Array>,
+}
+
+impl LlamaModel {
+    /// Builds the model from Hugging Face-named tensors, converting them per `mode`, and
+    /// materialises every weight (so load errors surface here, not in the first request).
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: &mut TensorMap,
+        mode: WeightMode,
+    ) -> Result<Self, ModelError> {
+        let c = &config;
+        let (hidden, heads, kv_heads, head_dim) =
+            (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+        let embed_tokens =
+            tensors.linear("model.embed_tokens", c.vocab_size, hidden, false, mode)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            let bias = c.attention_bias;
+            let layer = DecoderLayer {
+                input_norm: tensors.vector(&format!("{p}.input_layernorm.weight"), hidden, mode)?,
+                q_proj: tensors.linear(
+                    &format!("{attn}.q_proj"),
+                    heads * head_dim,
+                    hidden,
+                    bias,
+                    mode,
+                )?,
+                k_proj: tensors.linear(
+                    &format!("{attn}.k_proj"),
+                    kv_heads * head_dim,
+                    hidden,
+                    bias,
+                    mode,
+                )?,
+                v_proj: tensors.linear(
+                    &format!("{attn}.v_proj"),
+                    kv_heads * head_dim,
+                    hidden,
+                    bias,
+                    mode,
+                )?,
+                o_proj: tensors.linear(
+                    &format!("{attn}.o_proj"),
+                    hidden,
+                    heads * head_dim,
+                    false,
+                    mode,
+                )?,
+                q_norm: c
+                    .qk_norm
+                    .then(|| tensors.vector(&format!("{attn}.q_norm.weight"), head_dim, mode))
+                    .transpose()?,
+                k_norm: c
+                    .qk_norm
+                    .then(|| tensors.vector(&format!("{attn}.k_norm.weight"), head_dim, mode))
+                    .transpose()?,
+                post_attention_norm: tensors.vector(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    hidden,
+                    mode,
+                )?,
+                gate_proj: tensors.linear(
+                    &format!("{mlp}.gate_proj"),
+                    c.intermediate_size,
+                    hidden,
+                    false,
+                    mode,
+                )?,
+                up_proj: tensors.linear(
+                    &format!("{mlp}.up_proj"),
+                    c.intermediate_size,
+                    hidden,
+                    false,
+                    mode,
+                )?,
+                down_proj: tensors.linear(
+                    &format!("{mlp}.down_proj"),
+                    hidden,
+                    c.intermediate_size,
+                    false,
+                    mode,
+                )?,
+            };
+            layers.push(layer);
+        }
+        let norm = tensors.vector("model.norm.weight", hidden, mode)?;
+        let lm_head = if c.tie_word_embeddings && !tensors.contains("lm_head.weight") {
+            None
+        } else {
+            Some(tensors.linear("lm_head", c.vocab_size, hidden, false, mode)?)
+        };
+        let rope_freqs = config
+            .rope_freqs()
+            .map(|freqs| Array::from_slice(&freqs, &[freqs.len() as i32]));
+
+        let model = LlamaModel {
+            config,
+            mode,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_freqs,
+        };
+        mlx_rs::transforms::eval(model.arrays())?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn mode(&self) -> WeightMode {
+        self.mode
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut arrays = self.embed_tokens.arrays();
+        for layer in &self.layers {
+            arrays.push(&layer.input_norm);
+            arrays.push(&layer.post_attention_norm);
+            arrays.extend(layer.q_norm.iter().chain(layer.k_norm.iter()));
+            for linear in [
+                &layer.q_proj,
+                &layer.k_proj,
+                &layer.v_proj,
+                &layer.o_proj,
+                &layer.gate_proj,
+                &layer.up_proj,
+                &layer.down_proj,
+            ] {
+                arrays.extend(linear.arrays());
+            }
+        }
+        arrays.push(&self.norm);
+        if let Some(head) = &self.lm_head {
+            arrays.extend(head.arrays());
+        }
+        arrays.extend(self.rope_freqs.iter());
+        arrays
+    }
+
+    /// Runs one step: writes the new tokens' K/V into their slots and returns f32 logits
+    /// `[B, vocab]` for the last new token of each sequence, in plan order. The step is
+    /// evaluated before returning (together with the cache, which keeps its writes in place).
+    pub fn forward(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, ModelError> {
+        let logits = self.forward_lazy(plan, cache)?;
+        let mut outputs = cache.arrays();
+        outputs.push(&logits);
+        mlx_rs::transforms::eval(outputs)?;
+        Ok(logits)
+    }
+
+    fn forward_lazy(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, Exception> {
+        let c = &self.config;
+        let n = plan.token_ids.len() as i32;
+        let batch = plan.batch as i32;
+        let chunk = plan.max_chunk as i32;
+        let (heads, kv_heads, head_dim) =
+            (c.num_heads as i32, c.num_kv_heads as i32, c.head_dim as i32);
+        let eps = c.rms_norm_eps;
+        let scale = (c.head_dim as f32).powf(-0.5);
+
+        let ids = Array::from_slice(&plan.token_ids, &[n]);
+        let positions = Array::from_slice(&plan.positions, &[n]);
+        let slots = Array::from_slice(&plan.slots, &[n]);
+        let block_ids = Array::from_slice(&plan.block_ids, &[batch, plan.blocks_per_seq as i32]);
+        // Query grid: packed tokens map onto [B, T] directly unless chunks differ in length.
+        let padded = n != batch * chunk;
+        let pad_index = padded.then(|| Array::from_slice(&plan.pad_index, &[batch * chunk]));
+        let unpad_index = padded.then(|| Array::from_slice(&plan.unpad_index, &[n]));
+        // One sequence: attend over exactly its keys with mlx-lm's masks. Several: an
+        // explicit mask per sequence (causal within its chunk, blind past its length).
+        let single_len = (plan.batch == 1).then(|| plan.kv_lens[0] as i32);
+        let mask = match single_len {
+            Some(_) => None,
+            None => Some(Array::from_slice(
+                &plan.attention_mask(),
+                &[batch, 1, chunk, plan.key_len() as i32],
+            )),
+        };
+
+        let mut h = self.embed_tokens.rows(&ids)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let x = rms_norm(&h, Some(&layer.input_norm), eps)?;
+            let mut q = layer
+                .q_proj
+                .forward(&x)?
+                .reshape(&[n, heads, 1, head_dim])?;
+            let mut k = layer
+                .k_proj
+                .forward(&x)?
+                .reshape(&[n, kv_heads, 1, head_dim])?;
+            let v = layer
+                .v_proj
+                .forward(&x)?
+                .reshape(&[n, kv_heads, head_dim])?;
+            if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+                q = rms_norm(&q, Some(q_norm), eps)?;
+                k = rms_norm(&k, Some(k_norm), eps)?;
+            }
+            // Each packed token is its own RoPE "batch" row with its own position.
+            let q = self.rope(&q, &positions)?;
+            let k = self.rope(&k, &positions)?;
+            cache.write(index, &slots, &k, &v)?;
+            let (mut keys, mut values) = cache.gather(index, &block_ids)?;
+
+            let queries = match &pad_index {
+                Some(pad) => take_axis(q.reshape(&[n, heads * head_dim])?, pad, 0)?,
+                None => q,
+            }
+            .reshape(&[batch, chunk, heads, head_dim])?
+            .transpose_axes(&[0, 2, 1, 3])?;
+
+            let attended = match single_len {
+                Some(len) => {
+                    keys = keys.index((.., .., ..len, ..));
+                    values = values.index((.., .., ..len, ..));
+                    let causal = (chunk > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                    mlx_rs::fast::scaled_dot_product_attention(
+                        &queries, &keys, &values, scale, causal, None,
+                    )?
+                }
+                None => mlx_rs::fast::scaled_dot_product_attention(
+                    &queries,
+                    &keys,
+                    &values,
+                    scale,
+                    mask.as_ref().map(ScaledDotProductAttentionMask::Array),
+                    None,
+                )?,
+            };
+            let attended = attended
+                .transpose_axes(&[0, 2, 1, 3])?
+                .reshape(&[batch * chunk, heads * head_dim])?;
+            let attended = match &unpad_index {
+                Some(unpad) => take_axis(&attended, unpad, 0)?,
+                None => attended,
+            };
+            h = add(&h, layer.o_proj.forward(&attended)?)?;
+
+            let x = rms_norm(&h, Some(&layer.post_attention_norm), eps)?;
+            let gate = mlx_rs::nn::silu(layer.gate_proj.forward(&x)?)?;
+            let mlp = layer
+                .down_proj
+                .forward(&multiply(&gate, layer.up_proj.forward(&x)?)?)?;
+            h = add(&h, &mlp)?;
+        }
+
+        let last = if n == batch {
+            h
+        } else {
+            take_axis(&h, Array::from_slice(&plan.last_token, &[batch]), 0)?
+        };
+        let last = rms_norm(&last, Some(&self.norm), eps)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&last)?,
+            None => self.embed_tokens.forward(&last)?,
+        };
+        logits.as_dtype(Dtype::Float32)
+    }
+
+    /// Rotary embedding of `[N, heads, 1, head_dim]` rows at per-row `positions`.
+    fn rope(&self, x: &Array, positions: &Array) -> Result<Array, Exception> {
+        let dims = self.config.head_dim as i32;
+        match &self.rope_freqs {
+            Some(freqs) => rope_dynamic(x, dims, false, None, 1.0, positions, freqs),
+            None => rope_dynamic(x, dims, false, self.config.rope_theta, 1.0, positions, None),
+        }
+    }
+}

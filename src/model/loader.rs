@@ -1,0 +1,159 @@
+//! Loading a model from wherever the user points: a GGUF file, a Hugging Face folder, or a
+//! hub id — weights, tokenizer, chat template and identity together.
+//!
+//! Must run on the thread that will use the model (MLX arrays are thread-bound).
+
+use std::path::{Path, PathBuf};
+
+use mlx_rs::io::GgufFile;
+
+use super::ModelError;
+use super::chat_template::ChatTemplate;
+use super::gguf;
+use super::hf::HfFolder;
+use super::hub::{self, HubOptions};
+use super::identity::{self, ModelIdentity};
+use super::llama::LlamaModel;
+use super::tokenizer::Tokenizer;
+use super::weights::WeightMode;
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A `.gguf` file.
+    Gguf(PathBuf),
+    /// A Hugging Face model folder (`config.json`, `*.safetensors`, tokenizer files).
+    Folder(PathBuf),
+    /// A Hugging Face Hub id, `org/name`.
+    Hub(String),
+}
+
+impl ModelSource {
+    /// Interprets a `--model` value: an existing file or folder wins; otherwise an
+    /// `org/name` id; otherwise it is a missing path.
+    pub fn parse(spec: &str) -> Result<Self, ModelError> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            Ok(ModelSource::Gguf(path.to_path_buf()))
+        } else if path.is_dir() {
+            Ok(ModelSource::Folder(path.to_path_buf()))
+        } else if hub::is_model_id(spec) {
+            Ok(ModelSource::Hub(spec.to_owned()))
+        } else {
+            Err(ModelError::NotFound {
+                path: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub weights: WeightMode,
+    /// Overrides the served name derived from the source.
+    pub served_name: Option<String>,
+    pub hub: HubOptions,
+}
+
+/// A model ready to run: weights on this thread, tokenizer, template, identity.
+pub struct LoadedModel {
+    pub identity: ModelIdentity,
+    pub model: LlamaModel,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+}
+
+/// Loads `source`. Errors name the file, key or tensor at fault.
+pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    let (model, tokenizer, weight_files, derived_name, aliases) = match source {
+        ModelSource::Gguf(path) => {
+            let file = GgufFile::load(path).map_err(|source| ModelError::Gguf {
+                path: path.clone(),
+                source,
+            })?;
+            let config = gguf::model_config(&file, path)?;
+            let tokenizer = Tokenizer::from_gguf(&file, path)?;
+            let mut tensors = gguf::tensors(&file, &config, path)?;
+            let model = LlamaModel::from_tensors(config, &mut tensors, options.weights)?;
+            let stem = file_stem(path);
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (model, tokenizer, vec![path.clone()], stem, vec![file_name])
+        }
+        ModelSource::Folder(dir) => {
+            let (model, tokenizer, files) = load_folder(dir, options.weights)?;
+            (model, tokenizer, files, file_stem(dir), Vec::new())
+        }
+        ModelSource::Hub(id) => {
+            let dir = hub::resolve(id, &options.hub)?;
+            let (model, tokenizer, files) = load_folder(&dir, options.weights)?;
+            let short = id.rsplit('/').next().unwrap_or(id).to_owned();
+            (model, tokenizer, files, id.clone(), vec![short])
+        }
+    };
+
+    let config = model.config();
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(ModelError::InvalidConfig {
+            path: tokenizer.source().to_path_buf(),
+            problem: format!(
+                "the tokenizer has {} tokens but the model's embedding only {} rows",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+        });
+    }
+    let chat_template =
+        ChatTemplate::for_tokenizer(&tokenizer).map_err(|source| ModelError::ChatTemplate {
+            path: tokenizer.source().to_path_buf(),
+            source,
+        })?;
+    let files: Vec<&Path> = weight_files.iter().map(PathBuf::as_path).collect();
+    let fingerprint = identity::fingerprint(&files).map_err(|source| ModelError::Io {
+        path: weight_files.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    let served_name = options.served_name.clone().unwrap_or(derived_name.clone());
+    let mut aliases: Vec<String> = std::iter::once(derived_name)
+        .chain(aliases)
+        .filter(|alias| *alias != served_name)
+        .collect();
+    aliases.dedup();
+    Ok(LoadedModel {
+        identity: ModelIdentity {
+            served_name,
+            aliases,
+            context_length: config.context_length,
+            fingerprint,
+        },
+        model,
+        tokenizer,
+        chat_template,
+    })
+}
+
+fn load_folder(
+    dir: &Path,
+    weights: WeightMode,
+) -> Result<(LlamaModel, Tokenizer, Vec<PathBuf>), ModelError> {
+    let folder = HfFolder::open(dir)?;
+    let tokenizer_config = dir.join("tokenizer_config.json");
+    let tokenizer = Tokenizer::from_hf_files(
+        &dir.join("tokenizer.json"),
+        tokenizer_config
+            .is_file()
+            .then_some(tokenizer_config.as_path()),
+    )?;
+    let mut tensors = folder.tensors()?;
+    let model = LlamaModel::from_tensors(folder.config.clone(), &mut tensors, weights)?;
+    Ok((model, tokenizer, folder.weight_files))
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}

@@ -1,0 +1,1026 @@
+//! Text <-> token ids, built from a GGUF file's embedded vocabulary or from a Hugging Face
+//! `tokenizer.json` folder.
+//!
+//! The heavy lifting (BPE merges, pre-tokenizer regexes, added-token matching, byte-level
+//! decoding) is done by the `tokenizers` crate, so that ids agree with Hugging Face
+//! `transformers` for the same `tokenizer.json`. What this module adds:
+//!
+//! - building that `tokenizer.json` equivalent from GGUF metadata (`tokenizer.ggml.*`), with
+//!   the pre-tokenizer chosen by `tokenizer.ggml.pre` the way llama.cpp names them;
+//! - the facts around the vocabulary that serving needs: BOS, the set of ids that end a
+//!   generation, whether BOS is prepended, the chat template source.
+//!
+//! A [`Tokenizer`] is plain data (no MLX arrays), `Send + Sync`, and cheap to share behind an
+//! `Arc` between the HTTP side (prompt encoding) and the engine thread (decoding).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mlx_rs::io::{GgufError, GgufFile};
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// GGUF token type of a control token (`<|im_start|>`, `<|endoftext|>`): matched whole in
+/// text, skipped when decoding with `skip_special`.
+const TOKEN_TYPE_CONTROL: i32 = 3;
+/// GGUF token type of a user-defined token: matched whole in text, kept when decoding.
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// Spellings of end-of-turn / end-of-text tokens in common model families. Each one that is
+/// an added (control or user-defined) token of the vocabulary also ends a generation (see
+/// [`Tokenizer::eos_ids`]); llama.cpp builds its end-of-generation set the same way.
+const END_OF_GENERATION_MARKERS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
+/// The pre-tokenizer split used by Llama 3 (llama.cpp `llama-bpe`): case-insensitive English
+/// contractions, letters with one optional leading non-letter, numbers in groups of up to
+/// three digits, punctuation runs with trailing newlines, newline runs, other whitespace.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer split used by Qwen2 (llama.cpp `qwen2`): as Llama 3's, but every digit
+/// on its own.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Errors building or using a tokenizer. Messages name the file and metadata key involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// MLX could not read a metadata value.
+    #[error("cannot read tokenizer metadata `{key}` from GGUF file {path}: {source}")]
+    Gguf {
+        path: PathBuf,
+        key: String,
+        #[source]
+        source: GgufError,
+    },
+    /// A required metadata key is absent.
+    #[error(
+        "GGUF file {path} has no tokenizer metadata key `{key}` (the file carries no usable \
+         tokenizer)"
+    )]
+    MissingKey { path: PathBuf, key: String },
+    /// A metadata key holds something unusable.
+    #[error("GGUF file {path}: tokenizer metadata `{key}` {problem}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    /// `tokenizer.ggml.model` names a tokenizer family we do not implement.
+    #[error(
+        "GGUF file {path}: tokenizer.ggml.model is `{model}`, but only `gpt2` (byte-level BPE) \
+         tokenizers are supported"
+    )]
+    UnsupportedModel { path: PathBuf, model: String },
+    /// `tokenizer.ggml.pre` names a pre-tokenizer we cannot reproduce exactly.
+    #[error(
+        "GGUF file {path}: tokenizer.ggml.pre is `{pre}`, which is not supported (supported: {})",
+        SUPPORTED_PRE_TYPES.join(", ")
+    )]
+    UnsupportedPreTokenizer { path: PathBuf, pre: String },
+    /// The `tokenizers` crate refused the vocabulary, merges or a tokenizer.json.
+    #[error("cannot build the tokenizer from {path}: {message}")]
+    Build { path: PathBuf, message: String },
+    /// A file of a Hugging Face folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `tokenizer_config.json` is not valid JSON or has a field of the wrong shape.
+    #[error("{path}: {problem}")]
+    BadConfig { path: PathBuf, problem: String },
+    /// Encoding text failed inside the `tokenizers` crate.
+    #[error("cannot encode text: {0}")]
+    Encode(String),
+    /// Decoding ids failed inside the `tokenizers` crate.
+    #[error("cannot decode token ids: {0}")]
+    Decode(String),
+}
+
+/// `tokenizer.ggml.pre` values [`Tokenizer::from_gguf`] accepts (llama.cpp's names).
+pub const SUPPORTED_PRE_TYPES: &[&str] = &[
+    "default",
+    "gpt2",
+    "gpt-2",
+    "smollm",
+    "starcoder",
+    "refact",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "qwen2",
+    "deepseek-r1-qwen",
+];
+
+/// How one llama.cpp pre-tokenizer type is reproduced with `tokenizers` building blocks.
+struct PreTokenizerSpec {
+    normalizer: Option<NormalizerWrapper>,
+    pre_tokenizer: PreTokenizerWrapper,
+    /// A whole pre-tokenized word found in the vocabulary is used as is, without applying
+    /// merges (Llama 3's tokenizer.json sets this, llama.cpp does the same for `llama-bpe`).
+    ignore_merges: bool,
+    /// `add_bos_token` when the file does not say (llama.cpp's default for the type).
+    default_add_bos: bool,
+}
+
+/// Maps a `tokenizer.ggml.pre` value to the Hugging Face pre-tokenizer that produces the same
+/// splits, or `None` when the type is unknown.
+fn pre_tokenizer_spec(pre: &str) -> Result<Option<PreTokenizerSpec>, String> {
+    // GPT-2's own regex, applied by the ByteLevel step (use_regex = true).
+    let byte_level_gpt2 = ByteLevel::new(false, true, true);
+    // Byte mapping only; the split comes from a preceding regex.
+    let byte_level_only = ByteLevel::new(false, true, false);
+    let split = |regex: &str| -> Result<PreTokenizerWrapper, String> {
+        Split::new(
+            SplitPattern::Regex(regex.to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(PreTokenizerWrapper::Split)
+        .map_err(|e| format!("pre-tokenizer regex does not compile: {e}"))
+    };
+    let spec = match pre {
+        "default" | "gpt2" | "gpt-2" => PreTokenizerSpec {
+            normalizer: None,
+            pre_tokenizer: byte_level_gpt2.into(),
+            ignore_merges: false,
+            default_add_bos: false,
+        },
+        // llama.cpp: "\p{N}" isolated, then GPT-2's regex = HF Digits(individual) + ByteLevel.
+        "smollm" | "starcoder" | "refact" => PreTokenizerSpec {
+            normalizer: None,
+            pre_tokenizer: Sequence::new(vec![Digits::new(true).into(), byte_level_gpt2.into()])
+                .into(),
+            ignore_merges: false,
+            default_add_bos: false,
+        },
+        "llama3" | "llama-v3" | "llama-bpe" => PreTokenizerSpec {
+            normalizer: None,
+            pre_tokenizer: Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level_only.into()]).into(),
+            ignore_merges: true,
+            default_add_bos: true,
+        },
+        // Qwen2's tokenizer.json also NFC-normalizes its input (llama.cpp does not).
+        "qwen2" | "deepseek-r1-qwen" => PreTokenizerSpec {
+            normalizer: Some(NFC.into()),
+            pre_tokenizer: Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level_only.into()]).into(),
+            ignore_merges: false,
+            default_add_bos: false,
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(spec))
+}
+
+/// A text tokenizer plus the special-token facts serving needs.
+///
+/// Invariants: every id it hands out is below [`Tokenizer::vocab_size`]; `eos_ids` is never
+/// empty when the source declared an end-of-sequence token; the chat template, when present,
+/// is the model's own (compile it with [`crate::model::chat_template::ChatTemplate`]).
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Where it was built from, for messages.
+    source: PathBuf,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    eos_ids: BTreeSet<u32>,
+    pad_id: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_id", &self.bos_id)
+            .field("eos_ids", &self.eos_ids)
+            .field("add_bos", &self.add_bos)
+            .field("chat_template", &self.chat_template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the byte-level BPE tokenizer a GGUF file embeds (`tokenizer.ggml.*`).
+    ///
+    /// `path` is only used in error messages. Reads the metadata on the calling thread and
+    /// keeps no MLX array.
+    ///
+    /// Control tokens (token type 3) become special added tokens: they are matched whole in
+    /// text and dropped by `decode(.., skip_special = true)`. User-defined tokens (type 4)
+    /// are matched whole too but are kept when decoding.
+    pub fn from_gguf(file: &GgufFile, path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let meta = GgufMeta { file, path };
+
+        let model = meta.required_string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel {
+                path: path.to_path_buf(),
+                model,
+            });
+        }
+        let pre = match meta.string("tokenizer.ggml.pre")? {
+            Some(pre) => pre,
+            None => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "GGUF file has no tokenizer.ggml.pre; using the GPT-2 pre-tokenizer"
+                );
+                "default".to_owned()
+            }
+        };
+        let spec = pre_tokenizer_spec(&pre)
+            .map_err(|message| TokenizerError::Build {
+                path: path.to_path_buf(),
+                message,
+            })?
+            .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer {
+                path: path.to_path_buf(),
+                pre: pre.clone(),
+            })?;
+
+        let tokens = meta.required_strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(meta.bad("tokenizer.ggml.tokens", "is empty"));
+        }
+        let vocab_len = u32::try_from(tokens.len())
+            .map_err(|_| meta.bad("tokenizer.ggml.tokens", "has more than 2^32 entries"))?;
+        let merges = meta
+            .required_strings("tokenizer.ggml.merges")?
+            .iter()
+            .enumerate()
+            .map(|(i, merge)| {
+                // Two vocabulary entries separated by one space. Searching from the second
+                // character keeps a (user-defined) token that starts with a space intact.
+                let split = merge
+                    .char_indices()
+                    .skip(1)
+                    .find(|&(_, c)| c == ' ')
+                    .map(|(at, _)| at);
+                match split {
+                    Some(at) => Ok((merge[..at].to_owned(), merge[at + 1..].to_owned())),
+                    None => Err(meta.bad(
+                        "tokenizer.ggml.merges",
+                        format!("entry {i} ({merge:?}) is not two tokens separated by a space"),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let token_types = match meta.i32_array("tokenizer.ggml.token_type")? {
+            Some(types) if types.len() != tokens.len() => {
+                return Err(meta.bad(
+                    "tokenizer.ggml.token_type",
+                    format!(
+                        "has {} entries but tokenizer.ggml.tokens has {}",
+                        types.len(),
+                        tokens.len()
+                    ),
+                ));
+            }
+            Some(types) => types,
+            None => vec![1; tokens.len()],
+        };
+
+        // Later duplicates win, as in llama.cpp's and transformers' own maps.
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (id, token) in (0..vocab_len).zip(&tokens) {
+            if vocab.insert(token.clone(), id).is_some() {
+                tracing::warn!(token = %token, id, "duplicate token in tokenizer.ggml.tokens");
+            }
+        }
+        let build_err = |message: String| TokenizerError::Build {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(spec.ignore_merges)
+            .build()
+            .map_err(|e| build_err(format!("invalid vocabulary or merges: {e}")))?;
+
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        if let Some(normalizer) = spec.normalizer {
+            inner
+                .with_normalizer(Some(normalizer))
+                .map_err(|e| build_err(format!("cannot set the normalizer: {e}")))?;
+        }
+        inner.with_pre_tokenizer(Some(spec.pre_tokenizer));
+        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+            false, true, true,
+        ))));
+        inner.with_post_processor(Some(PostProcessorWrapper::ByteLevel(ByteLevel::new(
+            false, true, true,
+        ))));
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter_map(|(token, &kind)| match kind {
+                TOKEN_TYPE_CONTROL => Some(AddedToken::from(token.clone(), true)),
+                TOKEN_TYPE_USER_DEFINED => {
+                    Some(AddedToken::from(token.clone(), false).normalized(false))
+                }
+                _ => None,
+            })
+            .collect();
+        // Added tokens already in the vocabulary keep their ids.
+        inner
+            .add_tokens(added)
+            .map_err(|e| build_err(format!("cannot register special tokens: {e}")))?;
+
+        let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match meta.optional_u32(key)? {
+                Some(id) if id >= vocab_len => Err(meta.bad(
+                    key,
+                    format!("is {id}, outside the vocabulary of {vocab_len} tokens"),
+                )),
+                other => Ok(other),
+            }
+        };
+        let bos_id = id("tokenizer.ggml.bos_token_id")?;
+        let eos_id = id("tokenizer.ggml.eos_token_id")?;
+        let pad_id = id("tokenizer.ggml.padding_token_id")?;
+        let mut extra_eos = Vec::new();
+        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            extra_eos.extend(id(key)?);
+        }
+        let add_bos = meta
+            .optional_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(spec.default_add_bos);
+        let add_eos = meta
+            .optional_bool("tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false);
+        let chat_template = meta.string("tokenizer.chat_template")?;
+
+        Ok(Tokenizer::assemble(Parts {
+            inner,
+            source: path.to_path_buf(),
+            bos_id,
+            eos_id,
+            extra_eos,
+            pad_id,
+            add_bos,
+            add_eos,
+            chat_template,
+        }))
+    }
+
+    /// Loads a Hugging Face tokenizer: `tokenizer.json` plus, optionally,
+    /// `tokenizer_config.json` for BOS/EOS, `add_bos_token` and the chat template.
+    ///
+    /// Without a config there is no BOS, no EOS and no chat template. `add_bos_token` absent
+    /// from the config means "whatever tokenizer.json's post-processor does". When the config
+    /// has no `chat_template`, a `chat_template.jinja` beside it is used (newer HF folders).
+    pub fn from_hf_files(
+        tokenizer_json: &Path,
+        tokenizer_config_json: Option<&Path>,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let bytes = std::fs::read(tokenizer_json).map_err(|source| TokenizerError::Io {
+            path: tokenizer_json.to_path_buf(),
+            source,
+        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Build {
+                path: tokenizer_json.to_path_buf(),
+                message: format!("not a valid Hugging Face tokenizer.json: {e}"),
+            })?;
+
+        let config = match tokenizer_config_json {
+            Some(path) => Some(HfConfig::read(path)?),
+            None => None,
+        };
+        let config_path = tokenizer_config_json.unwrap_or(tokenizer_json);
+        let resolve =
+            |token: Option<&String>, field: &str| -> Result<Option<u32>, TokenizerError> {
+                let Some(token) = token else {
+                    return Ok(None);
+                };
+                inner
+                    .token_to_id(token)
+                    .map(Some)
+                    .ok_or_else(|| TokenizerError::BadConfig {
+                        path: config_path.to_path_buf(),
+                        problem: format!(
+                            "`{field}` is {token:?}, which is not in the vocabulary of {}",
+                            tokenizer_json.display()
+                        ),
+                    })
+            };
+        let bos_id = resolve(config.as_ref().and_then(|c| c.bos.as_ref()), "bos_token")?;
+        let eos_id = resolve(config.as_ref().and_then(|c| c.eos.as_ref()), "eos_token")?;
+        let pad_id = resolve(config.as_ref().and_then(|c| c.pad.as_ref()), "pad_token")?;
+
+        let add_bos = match config.as_ref().and_then(|c| c.add_bos) {
+            Some(add_bos) => add_bos,
+            // Does the post-processor put BOS in front of an empty input?
+            None => match bos_id {
+                Some(bos) => inner
+                    .encode("", true)
+                    .map(|enc| enc.get_ids().first() == Some(&bos))
+                    .unwrap_or(false),
+                None => false,
+            },
+        };
+        let add_eos = config.as_ref().and_then(|c| c.add_eos).unwrap_or(false);
+        let mut chat_template = config.as_ref().and_then(|c| c.chat_template.clone());
+        if chat_template.is_none()
+            && let Some(dir) = tokenizer_config_json.and_then(Path::parent)
+        {
+            let jinja = dir.join("chat_template.jinja");
+            if jinja.is_file() {
+                chat_template =
+                    Some(
+                        std::fs::read_to_string(&jinja).map_err(|source| TokenizerError::Io {
+                            path: jinja.clone(),
+                            source,
+                        })?,
+                    );
+            }
+        }
+
+        Ok(Tokenizer::assemble(Parts {
+            inner,
+            source: tokenizer_json.to_path_buf(),
+            bos_id,
+            eos_id,
+            extra_eos: Vec::new(),
+            pad_id,
+            add_bos,
+            add_eos,
+            chat_template,
+        }))
+    }
+
+    fn assemble(parts: Parts) -> Tokenizer {
+        let Parts {
+            inner,
+            source,
+            bos_id,
+            eos_id,
+            extra_eos,
+            pad_id,
+            add_bos,
+            add_eos,
+            chat_template,
+        } = parts;
+        let mut eos_ids: BTreeSet<u32> = eos_id.into_iter().chain(extra_eos).collect();
+        // Only added tokens count: a plain BPE piece spelled like a marker is just text.
+        let added = inner.get_added_vocabulary().get_vocab();
+        eos_ids.extend(
+            END_OF_GENERATION_MARKERS
+                .iter()
+                .filter_map(|marker| added.get(*marker).copied()),
+        );
+        Tokenizer {
+            inner,
+            source,
+            bos_id,
+            eos_id,
+            eos_ids,
+            pad_id,
+            add_bos,
+            add_eos,
+            chat_template,
+        }
+    }
+
+    /// Encodes text. Special tokens written in the text (`<|im_start|>`) are recognised as
+    /// single tokens; chat templates rely on this.
+    ///
+    /// With `add_special`, the tokenizer's post-processor runs (a tokenizer.json may add BOS
+    /// there) and BOS is prepended when [`Tokenizer::add_bos`] says so and it is not already
+    /// the first id (EOS likewise appended when the source asks for it). Encode a rendered
+    /// chat prompt with `add_special = false`: the template writes its own BOS.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if add_special {
+            if let (true, Some(bos)) = (self.add_bos, self.bos_id)
+                && ids.first() != Some(&bos)
+            {
+                ids.insert(0, bos);
+            }
+            if let (true, Some(eos)) = (self.add_eos, self.eos_id)
+                && ids.last() != Some(&eos)
+            {
+                ids.push(eos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text. With `skip_special`, special (control) tokens produce nothing.
+    /// Bytes that do not form valid UTF-8 become U+FFFD. Ids outside the vocabulary are
+    /// ignored.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// The id of the beginning-of-sequence token, when the source declares one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The declared end-of-sequence id (GGUF `eos_token_id`, HF `eos_token`).
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Every id that ends a generation.
+    ///
+    /// The rule: the declared EOS; GGUF `tokenizer.ggml.eot_token_id` and `eom_token_id` when
+    /// present; and every well-known end-of-turn / end-of-text token (`<|im_end|>`,
+    /// `<|eot_id|>`, `<|eom_id|>`, `<|end|>`, `<end_of_turn>`, `<|endoftext|>`, `<EOT>`,
+    /// DeepSeek's end of sentence) that the vocabulary has as an added token, as llama.cpp
+    /// does. A chat model whose declared EOS is `<|im_end|>` therefore also stops at
+    /// `<|endoftext|>`, and one that declares its base model's `<|endoftext|>` still stops at
+    /// the end of its turn. For SmolLM2-Instruct this is {0, 2}.
+    pub fn eos_ids(&self) -> &BTreeSet<u32> {
+        &self.eos_ids
+    }
+
+    /// Whether `id` ends a generation (member of [`Tokenizer::eos_ids`]).
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos_ids.contains(&id)
+    }
+
+    /// The padding id, when declared.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    /// Whether [`Tokenizer::encode`] with `add_special` prepends BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Number of ids, added tokens included: every id `encode` returns is below it.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token, given as it is spelled in the vocabulary (byte-level form, e.g.
+    /// `Ġworld`) or as an added token's content (`<|im_end|>`).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary spelling of an id (byte-level form for ordinary tokens).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Whether `id` is a special (control) token, i.e. one `decode` skips on request.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
+            .is_some_and(|token| self.inner.get_added_vocabulary().is_special_token(&token))
+    }
+
+    /// The model's Jinja chat template, if its files carry one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The BOS token's text, for chat templates (`bos_token`).
+    pub fn bos_token(&self) -> Option<String> {
+        self.bos_id.and_then(|id| self.id_to_token(id))
+    }
+
+    /// The EOS token's text, for chat templates (`eos_token`).
+    pub fn eos_token(&self) -> Option<String> {
+        self.eos_id.and_then(|id| self.id_to_token(id))
+    }
+
+    /// The file this tokenizer was built from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json` (e.g. to turn a GGUF into a
+    /// HF folder for a reference implementation). BOS/EOS and the chat template belong in
+    /// `tokenizer_config.json`, which this does not write.
+    pub fn save_hf_tokenizer_json(&self, path: &Path) -> Result<(), TokenizerError> {
+        self.inner
+            .save(path, true)
+            .map_err(|e| TokenizerError::Build {
+                path: path.to_path_buf(),
+                message: format!("cannot write tokenizer.json: {e}"),
+            })
+    }
+}
+
+/// What [`Tokenizer::assemble`] needs from either loader.
+struct Parts {
+    inner: tokenizers::Tokenizer,
+    source: PathBuf,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    extra_eos: Vec<u32>,
+    pad_id: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+/// The fields of a Hugging Face `tokenizer_config.json` we use.
+struct HfConfig {
+    bos: Option<String>,
+    eos: Option<String>,
+    pad: Option<String>,
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
+    chat_template: Option<String>,
+}
+
+impl HfConfig {
+    fn read(path: &Path) -> Result<HfConfig, TokenizerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |problem: String| TokenizerError::BadConfig {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let object = json
+            .as_object()
+            .ok_or_else(|| bad("expected a JSON object at the top level".to_owned()))?;
+
+        // A special token is written as a string or as an AddedToken object {"content": ...}.
+        let token = |field: &str| -> Result<Option<String>, TokenizerError> {
+            match object.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(serde_json::Value::Object(o)) => match o.get("content") {
+                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                    _ => Err(bad(format!(
+                        "`{field}` is an object without a string `content`"
+                    ))),
+                },
+                Some(other) => Err(bad(format!(
+                    "`{field}` must be a string or {{\"content\": ...}}, found {other}"
+                ))),
+            }
+        };
+        let flag = |field: &str| -> Result<Option<bool>, TokenizerError> {
+            match object.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+                Some(other) => Err(bad(format!(
+                    "`{field}` must be true or false, found {other}"
+                ))),
+            }
+        };
+        let chat_template = match object.get("chat_template") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(named)) => {
+                let mut templates = Vec::with_capacity(named.len());
+                for entry in named {
+                    let name = entry.get("name").and_then(serde_json::Value::as_str);
+                    let template = entry.get("template").and_then(serde_json::Value::as_str);
+                    match (name, template) {
+                        (Some(name), Some(template)) => templates.push((name, template)),
+                        _ => {
+                            return Err(bad(
+                                "`chat_template` list entries must be {\"name\": string, \
+                                 \"template\": string}"
+                                    .to_owned(),
+                            ));
+                        }
+                    }
+                }
+                match templates.iter().find(|(name, _)| *name == "default") {
+                    Some((_, template)) => Some((*template).to_owned()),
+                    None => {
+                        let names: Vec<&str> = templates.iter().map(|(name, _)| *name).collect();
+                        return Err(bad(format!(
+                            "`chat_template` is a list without a `default` entry (has: {})",
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "`chat_template` must be a string or a list of named templates, found {}",
+                    json_kind(other)
+                )));
+            }
+        };
+        Ok(HfConfig {
+            bos: token("bos_token")?,
+            eos: token("eos_token")?,
+            pad: token("pad_token")?,
+            add_bos: flag("add_bos_token")?,
+            add_eos: flag("add_eos_token")?,
+            chat_template,
+        })
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to a GGUF file's tokenizer metadata; absent or mistyped keys become errors
+/// naming the file and key.
+struct GgufMeta<'a> {
+    file: &'a GgufFile,
+    path: &'a Path,
+}
+
+impl GgufMeta<'_> {
+    fn gguf(&self, key: &str, source: GgufError) -> TokenizerError {
+        TokenizerError::Gguf {
+            path: self.path.to_path_buf(),
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    fn bad(&self, key: &str, problem: impl Into<String>) -> TokenizerError {
+        TokenizerError::BadMetadata {
+            path: self.path.to_path_buf(),
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    fn missing(&self, key: &str) -> TokenizerError {
+        TokenizerError::MissingKey {
+            path: self.path.to_path_buf(),
+            key: key.to_owned(),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, TokenizerError> {
+        self.file
+            .get_metadata_string(key)
+            .map_err(|e| self.gguf(key, e))
+    }
+
+    fn required_string(&self, key: &str) -> Result<String, TokenizerError> {
+        self.string(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn required_strings(&self, key: &str) -> Result<Vec<String>, TokenizerError> {
+        self.file
+            .get_metadata_strings(key)
+            .map_err(|e| self.gguf(key, e))?
+            .ok_or_else(|| self.missing(key))
+    }
+
+    fn array(&self, key: &str) -> Result<Option<mlx_rs::Array>, TokenizerError> {
+        self.file
+            .get_metadata_array(key)
+            .map_err(|e| self.gguf(key, e))
+    }
+
+    fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>, TokenizerError> {
+        let Some(array) = self.array(key)? else {
+            return Ok(None);
+        };
+        if array.ndim() > 1 {
+            return Err(self.bad(key, format!("has {} dimensions, expected 1", array.ndim())));
+        }
+        array
+            .to_vec_cast::<i32>()
+            .map(Some)
+            .map_err(|e| self.bad(key, format!("is not a list of integers: {e}")))
+    }
+
+    fn scalar(&self, key: &str) -> Result<Option<mlx_rs::Array>, TokenizerError> {
+        match self.array(key)? {
+            Some(array) if array.size() != 1 => Err(self.bad(
+                key,
+                format!("has {} elements, expected one value", array.size()),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    fn optional_u32(&self, key: &str) -> Result<Option<u32>, TokenizerError> {
+        let Some(array) = self.scalar(key)? else {
+            return Ok(None);
+        };
+        let value: i64 = array
+            .try_item_cast()
+            .map_err(|e| self.bad(key, format!("is not an integer: {e}")))?;
+        u32::try_from(value)
+            .map(Some)
+            .map_err(|_| self.bad(key, format!("is {value}, not a valid token id")))
+    }
+
+    fn optional_bool(&self, key: &str) -> Result<Option<bool>, TokenizerError> {
+        let Some(array) = self.scalar(key)? else {
+            return Ok(None);
+        };
+        array
+            .try_item_cast::<bool>()
+            .map(Some)
+            .map_err(|e| self.bad(key, format!("is not a boolean: {e}")))
+    }
+}
+
+/// A tiny byte-level tokenizer built through [`Tokenizer::from_gguf`] from an in-memory GGUF,
+/// for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use mlx_rs::Array;
+
+    /// GPT-2's byte -> printable character table (each byte gets a visible stand-in so BPE
+    /// tokens are printable strings).
+    pub(crate) fn byte_chars() -> Vec<char> {
+        let printable = |b: u32| {
+            (u32::from(b'!')..=u32::from(b'~')).contains(&b)
+                || (0xA1..=0xAC).contains(&b)
+                || (0xAE..=0xFF).contains(&b)
+        };
+        let mut next = 256;
+        (0u32..256)
+            .map(|b| {
+                if printable(b) {
+                    char::from_u32(b).unwrap_or('?')
+                } else {
+                    let c = char::from_u32(next).unwrap_or('?');
+                    next += 1;
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// Metadata of a tiny GGUF tokenizer: three control tokens, the 256 bytes, and merges
+    /// spelling "Hello" and " world".
+    pub(crate) fn tiny_gguf(pre: Option<&str>, model: &str) -> GgufFile {
+        let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        tokens.extend(byte_chars().iter().map(|c| c.to_string()));
+        let merges = [
+            "\u{120} w",
+            "o r",
+            "l d",
+            "\u{120}w or",
+            "\u{120}wor ld",
+            "H e",
+            "l l",
+            "He ll",
+            "Hell o",
+        ];
+        for merge in merges {
+            tokens.push(merge.replace(' ', ""));
+        }
+        let mut types = vec![1i32; tokens.len()];
+        types[..3].fill(3);
+        let n = i32::try_from(types.len()).unwrap_or(i32::MAX);
+        let mut file = GgufFile::new().expect("empty gguf");
+        file.insert_metadata("tokenizer.ggml.model", model)
+            .expect("model");
+        if let Some(pre) = pre {
+            file.insert_metadata("tokenizer.ggml.pre", pre)
+                .expect("pre");
+        }
+        file.insert_metadata("tokenizer.ggml.tokens", tokens)
+            .expect("tokens");
+        file.insert_metadata(
+            "tokenizer.ggml.merges",
+            merges.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("merges");
+        file.insert_metadata("tokenizer.ggml.token_type", Array::from_slice(&types, &[n]))
+            .expect("types");
+        file.insert_metadata(
+            "tokenizer.ggml.bos_token_id",
+            Array::from_slice(&[1u32], &[1]),
+        )
+        .expect("bos");
+        file.insert_metadata(
+            "tokenizer.ggml.eos_token_id",
+            Array::from_slice(&[0u32], &[1]),
+        )
+        .expect("eos");
+        file.insert_metadata(
+            "tokenizer.ggml.add_bos_token",
+            Array::from_slice(&[true], &[1]),
+        )
+        .expect("add_bos");
+        file
+    }
+
+    /// The tokenizer of [`tiny_gguf`] with the `smollm` pre-tokenizer.
+    pub(crate) fn tiny_tokenizer() -> Tokenizer {
+        Tokenizer::from_gguf(&tiny_gguf(Some("smollm"), "gpt2"), Path::new("tiny.gguf"))
+            .expect("tiny tokenizer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_pre_type_builds() {
+        for pre in SUPPORTED_PRE_TYPES {
+            let spec = pre_tokenizer_spec(pre);
+            assert!(matches!(spec, Ok(Some(_))), "{pre} does not build");
+        }
+        assert!(matches!(pre_tokenizer_spec("falcon"), Ok(None)));
+    }
+
+    #[test]
+    fn tiny_tokenizer_encodes_and_decodes() -> Result<(), TokenizerError> {
+        let tok = testing::tiny_tokenizer();
+        assert_eq!(tok.vocab_size(), 3 + 256 + 9);
+        let hello = tok.token_to_id("Hello").unwrap_or(u32::MAX);
+        let world = tok.token_to_id("\u{120}world").unwrap_or(u32::MAX);
+        let ids = tok.encode("<|im_start|>Hello world", false)?;
+        assert_eq!(ids, vec![1, hello, world]);
+        // add_bos is set in the metadata, and BOS is not doubled.
+        assert_eq!(tok.encode("Hello", true)?, vec![1, hello]);
+        assert_eq!(tok.encode("<|im_start|>Hello", true)?, vec![1, hello]);
+        assert_eq!(tok.decode(&ids, false)?, "<|im_start|>Hello world");
+        assert_eq!(tok.decode(&ids, true)?, "Hello world");
+        assert!(tok.add_bos());
+        assert_eq!(tok.bos_token().as_deref(), Some("<|im_start|>"));
+        assert_eq!(tok.eos_token().as_deref(), Some("<|endoftext|>"));
+        // No template: the ChatML fallback's end of turn also ends generation.
+        assert_eq!(
+            tok.eos_ids().iter().copied().collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert!(tok.is_special(2) && !tok.is_special(hello));
+        // Digits are split one by one (smollm).
+        assert_eq!(tok.encode("2026", false)?.len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_metadata_is_an_error() {
+        let path = Path::new("bad.gguf");
+        let err = Tokenizer::from_gguf(&testing::tiny_gguf(Some("falcon"), "gpt2"), path)
+            .expect_err("unknown pre-tokenizer");
+        assert!(
+            matches!(&err, TokenizerError::UnsupportedPreTokenizer { pre, .. } if pre == "falcon"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("falcon"), "{err}");
+        let err = Tokenizer::from_gguf(&testing::tiny_gguf(Some("smollm"), "llama"), path)
+            .expect_err("sentencepiece");
+        assert!(
+            matches!(&err, TokenizerError::UnsupportedModel { model, .. } if model == "llama"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`llama`"), "{err}");
+        // Missing pre-tokenizer: GPT-2 default, with a warning.
+        let tok = Tokenizer::from_gguf(&testing::tiny_gguf(None, "gpt2"), path);
+        assert!(tok.is_ok(), "{tok:?}");
+        let empty = GgufFile::new().expect("empty gguf");
+        let err = Tokenizer::from_gguf(&empty, path).expect_err("no tokenizer");
+        assert!(
+            matches!(&err, TokenizerError::MissingKey { key, .. } if key == "tokenizer.ggml.model"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Weight tensors as the forward pass uses them, and how they are stored.
+//!
+//! Loaders (GGUF, Hugging Face folders) hand over a [`TensorMap`] keyed by Hugging Face
+//! parameter names; quantized tensors come in MLX's layout (`.weight` packed u32 plus
+//! `.scales` and `.biases`). The [`WeightMode`] decides whether they stay quantized or are
+//! expanded to a float dtype once, at load time.
+
+use std::collections::HashMap;
+
+use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::take_axis;
+use mlx_rs::ops::{add, dequantize, matmul, quantized_matmul};
+use mlx_rs::{Array, Dtype};
+
+use super::ModelError;
+
+/// How weights are held in memory, which is also the compute dtype.
+///
+/// On Linux CPU, MLX runs f32 matmuls through BLAS (OpenBLAS here) and everything else
+/// through slow generic loops, so dequantizing to f32 once is by far the fastest path.
+/// On Apple GPUs, quantized kernels are fast and memory is the constraint, so weights stay
+/// quantized with f16 activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightMode {
+    /// Expand everything to f32.
+    F32,
+    /// Expand everything to f16.
+    F16,
+    /// Expand everything to bf16.
+    Bf16,
+    /// Keep quantized tensors quantized (f16 activations); float tensors become f16.
+    Quantized,
+}
+
+impl WeightMode {
+    /// The default for the device MLX will run on: `Quantized` on a GPU, `F32` on the CPU.
+    pub fn auto() -> Self {
+        if mlx_rs::Device::default().to_string().contains("gpu") {
+            WeightMode::Quantized
+        } else {
+            WeightMode::F32
+        }
+    }
+
+    /// Parses the `--weights` setting (`auto` resolves through [`WeightMode::auto`]).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(Self::auto()),
+            "f32" => Some(WeightMode::F32),
+            "f16" => Some(WeightMode::F16),
+            "bf16" => Some(WeightMode::Bf16),
+            "quantized" => Some(WeightMode::Quantized),
+            _ => None,
+        }
+    }
+
+    /// Dtype of activations, float weights and the KV cache.
+    pub fn compute_dtype(self) -> Dtype {
+        match self {
+            WeightMode::F32 => Dtype::Float32,
+            WeightMode::F16 | WeightMode::Quantized => Dtype::Float16,
+            WeightMode::Bf16 => Dtype::Bfloat16,
+        }
+    }
+}
+
+/// Group quantization parameters of one tensor (MLX affine layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// Parameters by Hugging Face name, plus how quantized ones were packed.
+pub struct TensorMap {
+    tensors: HashMap<String, Array>,
+    /// Quantization of every tensor that has `.scales` (by the tensor's prefix, e.g.
+    /// `model.layers.0.self_attn.q_proj`).
+    quant: HashMap<String, QuantSpec>,
+    /// Where the tensors came from, for error messages.
+    source: String,
+}
+
+impl TensorMap {
+    pub fn new(source: impl Into<String>) -> Self {
+        TensorMap {
+            tensors: HashMap::new(),
+            quant: HashMap::new(),
+            source: source.into(),
+        }
+    }
+
+    pub fn insert(&mut self, name: String, tensor: Array) {
+        self.tensors.insert(name, tensor);
+    }
+
+    pub fn set_quant(&mut self, prefix: String, spec: QuantSpec) {
+        self.quant.insert(prefix, spec);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Every tensor by name (e.g. to write the map back out as a checkpoint).
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Array)> {
+        self.tensors.iter()
+    }
+
+    /// The quantization of the tensor group `prefix` (`prefix.weight/scales/biases`).
+    pub fn quant_spec(&self, prefix: &str) -> Option<QuantSpec> {
+        self.quant.get(prefix).copied()
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn take(&mut self, name: &str) -> Result<Array, ModelError> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                source_name: self.source.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    fn shape_error(&self, name: &str, expected: &[i32], found: &[i32]) -> ModelError {
+        ModelError::TensorShape {
+            source_name: self.source.clone(),
+            name: name.to_owned(),
+            expected: format!("{expected:?}"),
+            found: format!("{found:?}"),
+        }
+    }
+
+    /// A 1-D float parameter (norm weights, biases) in the compute dtype.
+    pub fn vector(
+        &mut self,
+        name: &str,
+        len: usize,
+        mode: WeightMode,
+    ) -> Result<Array, ModelError> {
+        let tensor = self.take(name)?;
+        if tensor.shape() != [len as i32] {
+            return Err(self.shape_error(name, &[len as i32], tensor.shape()));
+        }
+        Ok(tensor.as_dtype(mode.compute_dtype())?)
+    }
+
+    /// A `[out, in]` projection `prefix.weight` (+ `prefix.bias` when `bias`), quantized or
+    /// dense as stored, then converted according to `mode`.
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+        bias: bool,
+        mode: WeightMode,
+    ) -> Result<Linear, ModelError> {
+        let weight_name = format!("{prefix}.weight");
+        let weight = self.take(&weight_name)?;
+        let dtype = mode.compute_dtype();
+        let expected = [out_features as i32, in_features as i32];
+        let (weight, quant) = match self.quant.get(prefix).copied() {
+            None => {
+                if weight.shape() != expected {
+                    return Err(self.shape_error(&weight_name, &expected, weight.shape()));
+                }
+                (weight.as_dtype(dtype)?, None)
+            }
+            Some(spec) => {
+                let scales = self.take(&format!("{prefix}.scales"))?;
+                let biases = self.take(&format!("{prefix}.biases"))?;
+                let packed = [out_features as i32, (in_features as i32 * spec.bits) / 32];
+                let groups = [out_features as i32, in_features as i32 / spec.group_size];
+                if weight.shape() != packed {
+                    return Err(self.shape_error(&weight_name, &packed, weight.shape()));
+                }
+                for (name, tensor) in [("scales", &scales), ("biases", &biases)] {
+                    if tensor.shape() != groups {
+                        return Err(self.shape_error(
+                            &format!("{prefix}.{name}"),
+                            &groups,
+                            tensor.shape(),
+                        ));
+                    }
+                }
+                if mode == WeightMode::Quantized {
+                    let quant = QuantizedParts {
+                        scales: scales.as_dtype(dtype)?,
+                        biases: biases.as_dtype(dtype)?,
+                        spec,
+                    };
+                    (weight, Some(quant))
+                } else {
+                    // Dequantize in f32 even when the target is 16-bit: GGUF stores scales as
+                    // f16, and dequantizing in f16 is off by up to 1e-3 per weight.
+                    let full = dequantize(
+                        &weight,
+                        scales.as_dtype(Dtype::Float32)?,
+                        &biases.as_dtype(Dtype::Float32)?,
+                        spec.group_size,
+                        spec.bits,
+                    )?;
+                    (full.as_dtype(dtype)?, None)
+                }
+            }
+        };
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), out_features, mode)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            quant,
+            bias,
+        })
+    }
+}
+
+struct QuantizedParts {
+    scales: Array,
+    biases: Array,
+    spec: QuantSpec,
+}
+
+/// A projection `y = x Wᵀ (+ b)`, dense or group-quantized. Also serves as an embedding
+/// table (`[vocab, hidden]`), looked up by row.
+pub struct Linear {
+    /// `[out, in]` dense, or `[out, in * bits / 32]` packed u32 when quantized.
+    weight: Array,
+    quant: Option<QuantizedParts>,
+    bias: Option<Array>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        let y = match &self.quant {
+            None => matmul(x, self.weight.t())?,
+            Some(q) => quantized_matmul(
+                x,
+                &self.weight,
+                &q.scales,
+                &q.biases,
+                true,
+                q.spec.group_size,
+                q.spec.bits,
+            )?,
+        };
+        match &self.bias {
+            Some(bias) => add(&y, bias),
+            None => Ok(y),
+        }
+    }
+
+    /// Rows `ids` of the weight as dense vectors: the embedding lookup.
+    pub fn rows(&self, ids: &Array) -> Result<Array, Exception> {
+        let rows = take_axis(&self.weight, ids, 0)?;
+        match &self.quant {
+            None => Ok(rows),
+            Some(q) => dequantize(
+                &rows,
+                take_axis(&q.scales, ids, 0)?,
+                &take_axis(&q.biases, ids, 0)?,
+                q.spec.group_size,
+                q.spec.bits,
+            ),
+        }
+    }
+
+    /// Every array this layer owns, for evaluation right after loading.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut arrays = vec![&self.weight];
+        if let Some(q) = &self.quant {
+            arrays.push(&q.scales);
+            arrays.push(&q.biases);
+        }
+        arrays.extend(self.bias.iter());
+        arrays
+    }
+}

@@ -1,0 +1,82 @@
+//! Shared fixtures for integration tests that need the real default model.
+//!
+//! MLX arrays belong to the thread that created them, and cargo runs each test on its own
+//! thread. So each test binary loads the model once, on one dedicated thread, and tests hand
+//! that thread closures to run; only plain data crosses back.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Mutex, OnceLock};
+
+use mlx_rs::io::GgufFile;
+use mlx_serve::model::gguf;
+use mlx_serve::model::llama::LlamaModel;
+use mlx_serve::model::weights::WeightMode;
+
+pub fn default_model_path() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "the default model is missing at {}: run `make setup` (scripts/setup.sh) to install it",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "fixture {} is missing: regenerate with `make reference`",
+        path.display()
+    );
+    path
+}
+
+type Job = Box<dyn FnOnce(&LlamaModel) + Send>;
+
+/// Runs `job` on the thread that owns the default model (loaded once per test binary, f32
+/// weights) and returns its result.
+pub fn with_model<R: Send + 'static>(job: impl FnOnce(&LlamaModel) -> R + Send + 'static) -> R {
+    static MODEL_THREAD: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+    let sender = MODEL_THREAD
+        .get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            std::thread::spawn(move || {
+                let path = default_model_path();
+                let file = GgufFile::load(&path).expect("load default model");
+                let config = gguf::model_config(&file, &path).expect("model config");
+                let mut tensors = gguf::tensors(&file, &config, &path).expect("tensors");
+                let model = LlamaModel::from_tensors(config, &mut tensors, WeightMode::F32)
+                    .expect("build model");
+                drop(tensors);
+                drop(file);
+                for job in rx {
+                    // Keep serving the other tests when one job panics; that test fails
+                    // through its dropped result channel.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&model)));
+                }
+            });
+            Mutex::new(tx)
+        })
+        .lock()
+        .expect("model thread sender")
+        .clone();
+    let (result_tx, result_rx) = channel();
+    sender
+        .send(Box::new(move |model| {
+            // A panicking job drops `result_tx`; the test then fails below with the message
+            // already printed by the model thread.
+            let _ = result_tx.send(job(model));
+        }))
+        .expect("model thread is gone");
+    result_rx
+        .recv()
+        .expect("the job panicked on the model thread (see its message above)")
+}

@@ -1,0 +1,165 @@
+//! The forward pass reproduces mlx-lm, and batching and paging change nothing.
+//!
+//! `tests/fixtures/smollm2_greedy_reference.json` holds mlx-lm's greedy token ids and
+//! per-step top-2 log-probability margins for the default model (f32 weights dequantized
+//! from the same GGUF by an independent Python script; `make reference` regenerates it).
+//!
+//! Numerics rule (docs/model-runtime.md): ids must match up to the first divergence, and a
+//! divergence is accepted only where the reference's margin at that step is < 0.02.
+
+mod common;
+
+use mlx_serve::model::greedy::{self, GreedyOutput, GreedyRequest};
+use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
+use serde::Deserialize;
+
+const NEAR_TIE: f32 = 0.02;
+
+#[derive(Deserialize)]
+struct Fixture {
+    gguf_sha256: String,
+    prompts: Vec<ReferencePrompt>,
+}
+
+#[derive(Deserialize, Clone)]
+struct ReferencePrompt {
+    name: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    margins: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let path = common::fixture_path("smollm2_greedy_reference.json");
+    let text = std::fs::read_to_string(&path).expect("read fixture");
+    serde_json::from_str(&text).expect("parse fixture")
+}
+
+/// Asserts `got` follows the reference under the numerics rule; returns how many leading
+/// tokens are identical.
+fn assert_follows_reference(
+    what: &str,
+    got: &[u32],
+    reference: &ReferencePrompt,
+    len: usize,
+) -> usize {
+    let expected = &reference.output_ids[..len];
+    assert_eq!(
+        got.len(),
+        len,
+        "{what}: generated {} tokens, expected {len}",
+        got.len()
+    );
+    match got.iter().zip(expected).position(|(a, b)| a != b) {
+        None => len,
+        Some(step) => {
+            let margin = reference.margins[step];
+            assert!(
+                margin < NEAR_TIE,
+                "{what} ({}): token {step} is {} but mlx-lm chose {} with a clear margin of \
+                 {margin:.4} (>= {NEAR_TIE}); ours so far {:?}, reference {:?}",
+                reference.name,
+                got[step],
+                expected[step],
+                &got[..=step],
+                &expected[..=step],
+            );
+            step
+        }
+    }
+}
+
+fn run(requests: Vec<GreedyRequest>, block_size: usize, prefill_chunk: usize) -> Vec<GreedyOutput> {
+    common::with_model(move |model| {
+        let tokens: usize = requests.iter().map(|r| r.prompt.len() + r.max_tokens).sum();
+        let config = KvCacheConfig {
+            block_size,
+            // Room for every sequence's rounding to whole blocks.
+            num_blocks: tokens.div_ceil(block_size) + requests.len(),
+        };
+        let mut cache =
+            PagedKvCache::new(config, model.config(), mlx_rs::Dtype::Float32).expect("cache");
+        greedy::generate(model, &mut cache, &requests, prefill_chunk).expect("generate")
+    })
+}
+
+fn request(prompt: &ReferencePrompt, max_tokens: usize, join_step: usize) -> GreedyRequest {
+    GreedyRequest {
+        prompt: prompt.prompt_ids.clone(),
+        max_tokens,
+        join_step,
+    }
+}
+
+#[test]
+fn fixture_was_made_from_the_installed_model() {
+    let fixture = fixture();
+    let fingerprint = mlx_serve::model::identity::file_sha256(&common::default_model_path())
+        .expect("hash the model");
+    assert_eq!(
+        fixture.gguf_sha256, fingerprint,
+        "regenerate the fixture (`make reference`)"
+    );
+    assert!(fixture.prompts.len() >= 5);
+    for prompt in &fixture.prompts {
+        assert!(prompt.output_ids.len() >= 48 && prompt.margins.len() == prompt.output_ids.len());
+    }
+}
+
+#[test]
+fn greedy_single_sequences_match_mlx_lm() {
+    let fixture = fixture();
+    for prompt in &fixture.prompts {
+        let len = prompt.output_ids.len();
+        // Whole prompt in one step, then one token per step: mlx-lm's own schedule.
+        let output = run(vec![request(prompt, len, 0)], 16, usize::MAX).remove(0);
+        let matched = assert_follows_reference("single", &output.tokens, prompt, len);
+        eprintln!(
+            "{}: {matched}/{len} tokens identical to mlx-lm",
+            prompt.name
+        );
+    }
+}
+
+#[test]
+fn batched_decoding_matches_one_at_a_time() {
+    let fixture = fixture();
+    let len = 48;
+    // All prompts in one batch: two start at once, the others join while those decode and
+    // prefill in 7-token chunks, so steps mix prefill chunks of different lengths with
+    // decodes.
+    let requests = fixture
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| request(p, len, [0, 0, 3, 5, 6][i % 5]))
+        .collect();
+    let outputs = run(requests, 16, 7);
+    for (prompt, output) in fixture.prompts.iter().zip(&outputs) {
+        let matched = assert_follows_reference("batched", &output.tokens, prompt, len);
+        eprintln!(
+            "{}: {matched}/{len} tokens identical in the batch",
+            prompt.name
+        );
+    }
+}
+
+#[test]
+fn block_size_does_not_change_tokens() {
+    let fixture = fixture();
+    let len = 48;
+    let prompts = &fixture.prompts[..2];
+    let per_block_size: Vec<Vec<GreedyOutput>> = [1, 16, 256]
+        .into_iter()
+        .map(|block_size| {
+            let requests = prompts.iter().map(|p| request(p, len, 0)).collect();
+            run(requests, block_size, usize::MAX)
+        })
+        .collect();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let tokens = &per_block_size[1][i].tokens;
+        assert_follows_reference("block size 16", tokens, prompt, len);
+        assert_eq!(&per_block_size[0][i].tokens, tokens, "block size 1 vs 16");
+        assert_eq!(&per_block_size[2][i].tokens, tokens, "block size 256 vs 16");
+    }
+}
