@@ -1,25 +1,14 @@
 //! The default model's GGUF loads through MLX and declares what MODELS.md says it is.
 
-use std::path::PathBuf;
+mod common;
 
 use mlx_rs::io::{GgufFile, GgufMetadataValue};
-use mlx_serve::model::{GgufSummary, ModelError, gguf::WeightFormat};
-
-fn default_model() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "the default model is missing at {}: run `make setup` (scripts/setup.sh) to install it",
-        path.display()
-    );
-    path
-}
+use mlx_serve::model::config::Architecture;
+use mlx_serve::model::gguf;
 
 #[test]
 fn raw_gguf_metadata_and_tensors_load_through_mlx() {
-    let file = GgufFile::load(default_model()).expect("load GGUF");
+    let file = GgufFile::load(common::default_model_path()).expect("load GGUF");
     match file.get_metadata("general.architecture").expect("metadata") {
         Some(GgufMetadataValue::String(arch)) => assert_eq!(arch, "llama"),
         other => panic!("general.architecture: {other:?}"),
@@ -55,53 +44,32 @@ fn raw_gguf_metadata_and_tensors_load_through_mlx() {
 }
 
 #[test]
-fn summary_matches_the_published_architecture() {
-    let summary = GgufSummary::read(default_model()).expect("summary");
-    assert_eq!(summary.architecture, "llama");
-    assert_eq!(summary.layers, 30);
-    assert_eq!(summary.hidden_size, 576);
-    assert_eq!(summary.feed_forward_size, 1536);
-    assert_eq!(summary.attention_heads, 9);
-    assert_eq!(summary.kv_heads, 3);
-    assert_eq!(summary.context_length, 8192);
-    assert_eq!(summary.vocab_size, 49152);
-    assert_eq!(summary.rope_theta, Some(100000.0));
-    assert!(
-        (134_000_000..135_000_000).contains(&summary.parameters),
-        "{} parameters",
-        summary.parameters
-    );
-    // 30 layers × 7 projections in Q4_1, the token embedding in Q8_0, norms in f32.
+fn model_config_matches_the_published_architecture() {
+    let path = common::default_model_path();
+    let file = GgufFile::load(&path).expect("load GGUF");
+    let config = gguf::model_config(&file, &path).expect("config");
+    assert_eq!(config.architecture, Architecture::Llama);
+    assert_eq!(config.num_layers, 30);
+    assert_eq!(config.hidden_size, 576);
+    assert_eq!(config.intermediate_size, 1536);
     assert_eq!(
-        summary
-            .tensor_formats
-            .get(&WeightFormat::Quantized { bits: 4 }),
-        Some(&210)
+        (config.num_heads, config.num_kv_heads, config.head_dim),
+        (9, 3, 64)
     );
-    assert_eq!(
-        summary
-            .tensor_formats
-            .get(&WeightFormat::Quantized { bits: 8 }),
-        Some(&1)
-    );
-    assert_eq!(
-        summary.tensor_formats.get(&WeightFormat::Float("f32")),
-        Some(&61)
-    );
-    let text = summary.to_string();
-    assert!(text.contains("9 heads, 3 KV heads, head dim 64"), "{text}");
-}
+    assert_eq!(config.context_length, 8192);
+    assert_eq!(config.vocab_size, 49152);
+    assert_eq!(config.rope_theta, 100000.0);
+    assert_eq!(config.rms_norm_eps, 1e-5);
+    assert!(config.tie_word_embeddings && !config.attention_bias && !config.qk_norm);
+    assert_eq!(config.rope_scaling, None);
+    assert_eq!(config.parameter_count(), 134_515_008);
 
-#[test]
-fn missing_and_corrupt_files_are_clear_errors() {
-    let missing = GgufSummary::read("/nonexistent/model.gguf").unwrap_err();
-    assert!(matches!(missing, ModelError::NotFound { .. }), "{missing}");
-
-    let corrupt =
-        std::env::temp_dir().join(format!("mlx-serve-corrupt-{}.gguf", std::process::id()));
-    std::fs::write(&corrupt, b"this is not a GGUF file at all").expect("write temp file");
-    let err = GgufSummary::read(&corrupt).unwrap_err();
-    std::fs::remove_file(&corrupt).ok();
-    assert!(matches!(err, ModelError::Gguf { .. }), "{err}");
-    assert!(err.to_string().contains("mlx-serve-corrupt"), "{err}");
+    // Q4_1 projections (4-bit) and the Q8_0 embedding (8-bit) keep their bit widths.
+    let tensors = gguf::tensors(&file, &config, &path).expect("tensors");
+    let spec = |prefix: &str| tensors.quant_spec(prefix).map(|s| (s.group_size, s.bits));
+    assert_eq!(spec("model.layers.0.self_attn.q_proj"), Some((32, 4)));
+    assert_eq!(spec("model.layers.29.mlp.down_proj"), Some((32, 4)));
+    assert_eq!(spec("model.embed_tokens"), Some((32, 8)));
+    assert_eq!(spec("model.norm"), None);
+    assert_eq!(tensors.iter().count(), 61 + 3 * (30 * 7 + 1));
 }

@@ -96,22 +96,47 @@ impl ModelConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim ({}) must be even for RoPE",
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_norm_eps >= 0.0) {
+        if self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+            || self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps < 0.0
+        {
             return Err("rope_theta must be positive and rms_norm_eps non-negative".to_owned());
         }
         Ok(())
+    }
+
+    /// Number of weights (quantized ones counted unpacked).
+    pub fn parameter_count(&self) -> u64 {
+        let (h, v, i) = (
+            self.hidden_size as u64,
+            self.vocab_size as u64,
+            self.intermediate_size as u64,
+        );
+        let q = (self.num_heads * self.head_dim) as u64;
+        let kv = (self.num_kv_heads * self.head_dim) as u64;
+        let mut attention = 2 * h * q + 2 * h * kv;
+        if self.attention_bias {
+            attention += q + 2 * kv;
+        }
+        if self.qk_norm {
+            attention += 2 * self.head_dim as u64;
+        }
+        let layer = attention + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_layers as u64 * layer + h + head
     }
 
     /// Bytes of K plus V one token occupies in one layer at `dtype_bytes` per element.
@@ -296,6 +321,12 @@ mod tests {
             attention_bias: false,
             qk_norm: false,
         }
+    }
+
+    #[test]
+    fn parameter_count_matches_smollm2() {
+        // SmolLM2-135M: 134,515,008 weights.
+        assert_eq!(smollm_like().parameter_count(), 134_515_008);
     }
 
     #[test]

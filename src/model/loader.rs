@@ -4,6 +4,7 @@
 //! Must run on the thread that will use the model (MLX arrays are thread-bound).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mlx_rs::io::GgufFile;
 
@@ -60,7 +61,8 @@ pub struct LoadOptions {
 pub struct LoadedModel {
     pub identity: ModelIdentity,
     pub model: LlamaModel,
-    pub tokenizer: Tokenizer,
+    /// Shared with the streaming detokenizers of in-flight requests.
+    pub tokenizer: Arc<Tokenizer>,
     pub chat_template: ChatTemplate,
 }
 
@@ -130,9 +132,53 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<LoadedModel, 
             fingerprint,
         },
         model,
-        tokenizer,
+        tokenizer: Arc::new(tokenizer),
         chat_template,
     })
+}
+
+impl LoadedModel {
+    /// A few lines describing the model, for start-up output.
+    pub fn summary(&self) -> String {
+        let c = self.model.config();
+        let identity = &self.identity;
+        let mut lines = vec![
+            format!("model:          {}", identity.served_name),
+            format!("source:         {}", self.tokenizer.source().display()),
+            format!("fingerprint:    {}", identity.fingerprint),
+            format!(
+                "architecture:   {:?}, {:.1}M parameters, weights as {:?}",
+                c.architecture,
+                c.parameter_count() as f64 / 1e6,
+                self.model.mode()
+            ),
+            format!(
+                "layers:         {} (hidden {}, feed-forward {})",
+                c.num_layers, c.hidden_size, c.intermediate_size
+            ),
+            format!(
+                "attention:      {} heads, {} KV heads, head dim {}",
+                c.num_heads, c.num_kv_heads, c.head_dim
+            ),
+            format!("context:        {} tokens", c.context_length),
+            format!("vocabulary:     {} tokens", self.tokenizer.vocab_size()),
+            format!(
+                "chat template:  {}",
+                if self.chat_template.is_fallback() {
+                    "none in the model, using ChatML"
+                } else {
+                    "from the model"
+                }
+            ),
+        ];
+        if !identity.aliases.is_empty() {
+            lines.insert(
+                1,
+                format!("aliases:        {}", identity.aliases.join(", ")),
+            );
+        }
+        lines.join("\n")
+    }
 }
 
 fn load_folder(

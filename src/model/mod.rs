@@ -23,5 +23,4 @@ pub mod weights;
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 pub use detokenizer::IncrementalDecoder;
 pub use error::ModelError;
-pub use gguf::GgufSummary;
 pub use tokenizer::{Tokenizer, TokenizerError};
