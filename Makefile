@@ -25,6 +25,7 @@ lint:
 
 bench: setup
 	$(CARGO) bench --bench matmul
+	scripts/bench_model.sh
 
 # Regenerates tests/fixtures/smollm2_*_reference.json with the Python reference pipeline
 # (mlx-lm 0.32 on the GGUF converted to a float32 HF folder). Needs PyPI access the first time;

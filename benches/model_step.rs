@@ -1,0 +1,163 @@
+//! Forward-step speed of the default model over the paged KV cache, in the shapes
+//! `scripts/reference/bench_mlx_lm.py` measures for mlx-lm (f32 weights on the CPU):
+//!
+//! - `prefill/P`: one forward pass over a fresh P-token prompt (throughput = P tokens);
+//! - `decode_1k`: one decode step of a single sequence at 1024 tokens of context;
+//! - `batched_decode/B`: one decode step of B sequences at 512 tokens of context each
+//!   (throughput = B tokens);
+//! - `decode_1k_block_size/S`: `decode_1k` with S-token blocks, for the block-size choice.
+//!
+//! Criterion's `elem/s` is tokens/s. Each iteration rewrites the same cache slots, so the
+//! context length stays fixed. `scripts/bench_model.sh` runs this and the mlx-lm baseline in
+//! one go.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mlx_rs::Dtype;
+use mlx_rs::io::GgufFile;
+use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
+use mlx_serve::model::gguf;
+use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
+use mlx_serve::model::llama::LlamaModel;
+use mlx_serve::model::weights::WeightMode;
+
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn load_model() -> LlamaModel {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make setup`",
+        path.display()
+    );
+    let file = GgufFile::load(&path).expect("load GGUF");
+    let config = gguf::model_config(&file, &path).expect("config");
+    let mut tensors = gguf::tensors(&file, &config, &path).expect("tensors");
+    LlamaModel::from_tensors(config, &mut tensors, WeightMode::F32).expect("model")
+}
+
+/// Deterministic ordinary (non-special) token ids.
+fn tokens(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            17 + (state % (vocab as u64 - 17)) as u32
+        })
+        .collect()
+}
+
+/// A cache for `sequences` sequences of up to `len` tokens, each in its own block run.
+struct Setup {
+    cache: PagedKvCache,
+    tables: Vec<Vec<u32>>,
+    block_size: usize,
+}
+
+impl Setup {
+    fn new(model: &LlamaModel, sequences: usize, len: usize, block_size: usize) -> Self {
+        let per_seq = len.div_ceil(block_size);
+        let config = KvCacheConfig {
+            block_size,
+            num_blocks: per_seq * sequences,
+        };
+        let cache = PagedKvCache::new(config, model.config(), Dtype::Float32).expect("cache");
+        let tables = (0..sequences)
+            .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+            .collect();
+        Setup {
+            cache,
+            tables,
+            block_size,
+        }
+    }
+
+    /// Runs one step: each entry is (sequence, new tokens, tokens already cached).
+    fn step(&mut self, model: &LlamaModel, entries: &[(usize, &[u32], usize)]) {
+        let chunks: Vec<SequenceChunk<'_>> = entries
+            .iter()
+            .map(|&(seq, tokens, cached)| SequenceChunk {
+                tokens,
+                cached,
+                block_table: &self.tables[seq],
+            })
+            .collect();
+        let config = self.cache.config();
+        let plan = BatchPlan::new(
+            &chunks,
+            self.block_size,
+            config.num_blocks,
+            model.config().context_length,
+        )
+        .expect("plan");
+        model.forward(&plan, &mut self.cache).expect("forward");
+    }
+}
+
+fn model_steps(c: &mut Criterion) {
+    let model = load_model();
+    let vocab = model.config().vocab_size;
+
+    let mut group = c.benchmark_group("prefill");
+    group.sample_size(10);
+    for len in [128, 512, 1024] {
+        let mut setup = Setup::new(&model, 1, len, 16);
+        let prompt = tokens(1, len, vocab);
+        group.throughput(Throughput::Elements(len as u64));
+        group.bench_function(BenchmarkId::from_parameter(len), |b| {
+            b.iter(|| setup.step(&model, &[(0, &prompt, 0)]))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("decode_1k_block_size");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    for block_size in [1, 16, 64, 256] {
+        let context = 1024;
+        let mut setup = Setup::new(&model, 1, context + 1, block_size);
+        setup.step(&model, &[(0, &tokens(2, context, vocab), 0)]);
+        let next = tokens(3, 1, vocab);
+        let name = if block_size == 16 {
+            // The shipped default, reported under its own name too.
+            "decode_1k".to_owned()
+        } else {
+            format!("{block_size}")
+        };
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| setup.step(&model, &[(0, &next, context)]))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("batched_decode");
+    group.sample_size(20);
+    for batch in [1, 4, 8] {
+        let context = 512;
+        let mut setup = Setup::new(&model, batch, context + 1, 16);
+        for seq in 0..batch {
+            // Prefill each sequence alone, as the engine would before it joins decoding.
+            setup.step(
+                &model,
+                &[(seq, &tokens(10 + seq as u64, context, vocab), 0)],
+            );
+        }
+        let next: Vec<Vec<u32>> = (0..batch)
+            .map(|s| tokens(100 + s as u64, 1, vocab))
+            .collect();
+        let entries: Vec<(usize, &[u32], usize)> = next
+            .iter()
+            .enumerate()
+            .map(|(seq, token)| (seq, token.as_slice(), context))
+            .collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter(|| setup.step(&model, &entries))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, model_steps);
+criterion_main!(benches);

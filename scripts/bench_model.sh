@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Forward-step speed of mlx-serve next to mlx-lm, same model (SmolLM2-135M-Instruct),
+# same f32 weights, same MLX 0.32.2 and OpenBLAS, one after the other in one run:
+#   prefill tokens/s at 128/512/1024 prompt tokens, single-stream decode at 1K context,
+#   batched decode throughput at batch 1/4/8 (512-token contexts).
+# Needs the reference environment (created on first use, see scripts/reference/README.md).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+OUT=${BENCH_OUT:-target/bench-model}
+mkdir -p "$OUT"
+
+scripts/setup.sh
+scripts/reference/venv.sh
+PY=.deps/reference-venv/bin/python
+[ -f .deps/reference/smollm2-135m-instruct-hf/model.safetensors ] \
+  || "$PY" scripts/reference/gguf_to_hf.py
+
+echo "== mlx-lm baseline" >&2
+"$PY" scripts/reference/bench_mlx_lm.py --json-out "$OUT/mlx_lm.json" | tee "$OUT/mlx_lm.txt"
+
+echo "== mlx-serve (cargo bench --bench model_step)" >&2
+cargo bench --bench model_step 2>&1 | tee "$OUT/mlx_serve.txt" \
+  | grep -E '^(prefill|decode|batched)|thrpt:' || true
+echo "results in $OUT" >&2
