@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use mlx_serve::config::ServeSettings;
 use mlx_serve::model::ChatMessage;
-use mlx_serve::model::greedy::{self, GreedyRequest};
+use mlx_serve::model::greedy::{self, GreedyOptions, GreedyRequest};
 use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
@@ -100,9 +100,14 @@ fn serve(settings: &ServeSettings) -> Result<(), String> {
         join_step: 0,
     };
     let started = Instant::now();
-    let output = greedy::generate(&loaded.model, &mut cache, &[request], usize::MAX)
-        .map_err(|e| e.to_string())?
-        .remove(0);
+    let output = greedy::generate(
+        &loaded.model,
+        &mut cache,
+        &[request],
+        GreedyOptions::default(),
+    )
+    .map_err(|e| e.to_string())?
+    .remove(0);
     let elapsed = started.elapsed();
     let end = output
         .tokens

@@ -19,7 +19,7 @@ use mlx_serve::model::ModelError;
 use mlx_serve::model::chat_template::ChatMessage;
 use mlx_serve::model::config::ModelConfig;
 use mlx_serve::model::gguf;
-use mlx_serve::model::greedy::{self, GreedyRequest};
+use mlx_serve::model::greedy::{self, GreedyOptions, GreedyRequest};
 use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
@@ -81,10 +81,15 @@ fn greedy_answer(loaded: &LoadedModel) -> Vec<u32> {
         max_tokens: 12,
         join_step: 0,
     };
-    greedy::generate(&loaded.model, &mut cache, &[request], usize::MAX)
-        .expect("generate")
-        .remove(0)
-        .tokens
+    greedy::generate(
+        &loaded.model,
+        &mut cache,
+        &[request],
+        GreedyOptions::default(),
+    )
+    .expect("generate")
+    .remove(0)
+    .tokens
 }
 
 fn config_json(config: &ModelConfig, quantization: Option<serde_json::Value>) -> serde_json::Value {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use mlx_serve::model::greedy::{self, GreedyOutput, GreedyRequest};
+use mlx_serve::model::greedy::{self, BlockLayout, GreedyOptions, GreedyOutput, GreedyRequest};
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use serde::Deserialize;
 
@@ -69,7 +69,11 @@ fn assert_follows_reference(
     }
 }
 
-fn run(requests: Vec<GreedyRequest>, block_size: usize, prefill_chunk: usize) -> Vec<GreedyOutput> {
+fn run(
+    requests: Vec<GreedyRequest>,
+    block_size: usize,
+    options: GreedyOptions,
+) -> Vec<GreedyOutput> {
     common::with_model(move |model| {
         let tokens: usize = requests.iter().map(|r| r.prompt.len() + r.max_tokens).sum();
         let config = KvCacheConfig {
@@ -79,7 +83,7 @@ fn run(requests: Vec<GreedyRequest>, block_size: usize, prefill_chunk: usize) ->
         };
         let mut cache =
             PagedKvCache::new(config, model.config(), mlx_rs::Dtype::Float32).expect("cache");
-        greedy::generate(model, &mut cache, &requests, prefill_chunk).expect("generate")
+        greedy::generate(model, &mut cache, &requests, options).expect("generate")
     })
 }
 
@@ -112,7 +116,7 @@ fn greedy_single_sequences_match_mlx_lm() {
     for prompt in &fixture.prompts {
         let len = prompt.output_ids.len();
         // Whole prompt in one step, then one token per step: mlx-lm's own schedule.
-        let output = run(vec![request(prompt, len, 0)], 16, usize::MAX).remove(0);
+        let output = run(vec![request(prompt, len, 0)], 16, GreedyOptions::default()).remove(0);
         let matched = assert_follows_reference("single", &output.tokens, prompt, len);
         eprintln!(
             "{}: {matched}/{len} tokens identical to mlx-lm",
@@ -127,14 +131,19 @@ fn batched_decoding_matches_one_at_a_time() {
     let len = 48;
     // All prompts in one batch: two start at once, the others join while those decode and
     // prefill in 7-token chunks, so steps mix prefill chunks of different lengths with
-    // decodes.
+    // decodes; blocks interleaved, so every sequence's keys are gathered from scattered
+    // blocks.
     let requests = fixture
         .prompts
         .iter()
         .enumerate()
         .map(|(i, p)| request(p, len, [0, 0, 3, 5, 6][i % 5]))
         .collect();
-    let outputs = run(requests, 16, 7);
+    let options = GreedyOptions {
+        prefill_chunk: 7,
+        layout: BlockLayout::Interleaved,
+    };
+    let outputs = run(requests, 16, options);
     for (prompt, output) in fixture.prompts.iter().zip(&outputs) {
         let matched = assert_follows_reference("batched", &output.tokens, prompt, len);
         eprintln!(
@@ -149,17 +158,30 @@ fn block_size_does_not_change_tokens() {
     let fixture = fixture();
     let len = 48;
     let prompts = &fixture.prompts[..2];
-    let per_block_size: Vec<Vec<GreedyOutput>> = [1, 16, 256]
-        .into_iter()
-        .map(|block_size| {
+    // Two sequences decoded together, their blocks consecutive (read in place) or
+    // interleaved (gathered), at three block sizes: attention sees the same keys either way.
+    let mut runs = Vec::new();
+    for block_size in [1, 16, 256] {
+        for layout in [BlockLayout::Consecutive, BlockLayout::Interleaved] {
             let requests = prompts.iter().map(|p| request(p, len, 0)).collect();
-            run(requests, block_size, usize::MAX)
-        })
-        .collect();
+            let options = GreedyOptions {
+                prefill_chunk: usize::MAX,
+                layout,
+            };
+            runs.push((
+                format!("block size {block_size}, {layout:?}"),
+                run(requests, block_size, options),
+            ));
+        }
+    }
+    let (_, baseline) = &runs[2]; // block size 16, consecutive
     for (i, prompt) in prompts.iter().enumerate() {
-        let tokens = &per_block_size[1][i].tokens;
-        assert_follows_reference("block size 16", tokens, prompt, len);
-        assert_eq!(&per_block_size[0][i].tokens, tokens, "block size 1 vs 16");
-        assert_eq!(&per_block_size[2][i].tokens, tokens, "block size 256 vs 16");
+        assert_follows_reference("block size 16", &baseline[i].tokens, prompt, len);
+        for (name, outputs) in &runs {
+            assert_eq!(
+                outputs[i].tokens, baseline[i].tokens,
+                "{name} vs block size 16"
+            );
+        }
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! A step mixes sequences at different points: some prefill a chunk of their prompt, some
 //! decode one token. The projections and MLP run on all new tokens packed together
-//! (`[N, hidden]`, no padding); attention runs per sequence over its own history, padded to
-//! a `[B, T_max]` query grid and a `[B, L]` key grid gathered block-wise from the pool. This
-//! module computes every index and mask that layout needs, so the MLX side only gathers and
-//! never decides, and so the bookkeeping can be tested without MLX.
+//! (`[N, hidden]`, no padding); attention runs per sequence, over exactly that sequence's
+//! keys, in the same shapes a single sequence would use. This module computes the slots,
+//! positions and key locations that needs, so the MLX side only reads and writes, and so the
+//! bookkeeping can be tested without MLX.
 
 use std::collections::HashSet;
 
@@ -56,10 +56,29 @@ pub enum BatchError {
     },
 }
 
+/// Where one sequence's keys and values live in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// Its blocks are consecutive: the history is the slot range starting here, read in
+    /// place (no copy).
+    Run { first_slot: usize },
+    /// Its blocks are scattered: these blocks are gathered, in order, into a contiguous copy.
+    Blocks(Vec<i32>),
+}
+
+/// One sequence's part of the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencePlan {
+    /// Index of its first new token in the packed tokens.
+    pub token_offset: usize,
+    /// New tokens this step.
+    pub chunk_len: usize,
+    /// Tokens it holds after this step (`cached + chunk_len`): the keys it attends over.
+    pub kv_len: usize,
+    pub keys: KeyLocation,
+}
+
 /// Every index a forward step needs, derived once from the chunks.
-///
-/// Shapes: `N` new tokens in total, `B` sequences, `T` = longest chunk, `L` =
-/// `blocks_per_seq * block_size` gathered key positions per sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchPlan {
     /// `[N]` the new tokens, sequence after sequence.
@@ -68,28 +87,9 @@ pub struct BatchPlan {
     pub positions: Vec<i32>,
     /// `[N]` the pool slot (`block * block_size + offset`) each new token's K/V goes to.
     pub slots: Vec<i32>,
-    /// `B`
-    pub batch: usize,
-    /// `T`: the longest chunk in the step.
-    pub max_chunk: usize,
-    /// Blocks gathered per sequence (the longest table the step needs).
-    pub blocks_per_seq: usize,
     pub block_size: usize,
-    /// `[B * blocks_per_seq]` blocks to gather; short tables are padded with their own
-    /// first block (masked out).
-    pub block_ids: Vec<i32>,
-    /// `[B]` tokens each sequence holds after this step (`cached + chunk`).
-    pub kv_lens: Vec<usize>,
-    /// `[B]` chunk length per sequence.
-    pub chunk_lens: Vec<usize>,
-    /// `[B]` index into the packed tokens of each sequence's last new token: the row its
-    /// next-token logits come from.
-    pub last_token: Vec<i32>,
-    /// `[B * T]` packed-token index feeding each cell of the padded query grid (padding
-    /// cells repeat the sequence's last token; their output is discarded).
-    pub pad_index: Vec<i32>,
-    /// `[N]` where each packed token sits in the padded `[B * T]` grid.
-    pub unpad_index: Vec<i32>,
+    /// Per sequence, in input order.
+    pub sequences: Vec<SequencePlan>,
 }
 
 impl BatchPlan {
@@ -103,16 +103,11 @@ impl BatchPlan {
         if chunks.is_empty() {
             return Err(BatchError::Empty);
         }
-        let batch = chunks.len();
         let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let max_chunk = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(0);
-        let mut blocks_per_seq = 0;
         let mut token_ids = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(total);
         let mut slots = Vec::with_capacity(total);
-        let mut kv_lens = Vec::with_capacity(batch);
-        let mut chunk_lens = Vec::with_capacity(batch);
-        let mut last_token = Vec::with_capacity(batch);
+        let mut sequences = Vec::with_capacity(chunks.len());
         let mut written = HashSet::with_capacity(total);
 
         for (seq, chunk) in chunks.iter().enumerate() {
@@ -132,20 +127,18 @@ impl BatchPlan {
                     have: chunk.block_table.len(),
                 });
             }
-            if let Some(&block) = chunk.block_table[..needed]
-                .iter()
-                .find(|&&b| b as usize >= num_blocks)
-            {
+            let table = &chunk.block_table[..needed];
+            if let Some(&block) = table.iter().find(|&&b| b as usize >= num_blocks) {
                 return Err(BatchError::BlockOutOfRange {
                     seq,
                     block,
                     num_blocks,
                 });
             }
-            blocks_per_seq = blocks_per_seq.max(needed);
+            let token_offset = token_ids.len();
             for (i, &token) in chunk.tokens.iter().enumerate() {
                 let position = chunk.cached + i;
-                let block = chunk.block_table[position / block_size] as usize;
+                let block = table[position / block_size] as usize;
                 let slot = block * block_size + position % block_size;
                 if !written.insert(slot) {
                     return Err(BatchError::SharedWriteSlot { seq, slot });
@@ -154,74 +147,43 @@ impl BatchPlan {
                 positions.push(position as i32);
                 slots.push(slot as i32);
             }
-            kv_lens.push(len);
-            chunk_lens.push(chunk.tokens.len());
-            last_token.push((token_ids.len() - 1) as i32);
-        }
-
-        let mut block_ids = Vec::with_capacity(batch * blocks_per_seq);
-        let mut pad_index = Vec::with_capacity(batch * max_chunk);
-        let mut unpad_index = Vec::with_capacity(total);
-        let mut start = 0;
-        for (seq, chunk) in chunks.iter().enumerate() {
-            let needed = kv_lens[seq].div_ceil(block_size);
-            let table = &chunk.block_table[..needed];
-            block_ids.extend(table.iter().map(|&b| b as i32));
-            block_ids.extend(std::iter::repeat_n(
-                table[0] as i32,
-                blocks_per_seq - needed,
-            ));
-            let n = chunk_lens[seq];
-            for t in 0..max_chunk {
-                pad_index.push((start + t.min(n - 1)) as i32);
-            }
-            unpad_index.extend((0..n).map(|t| (seq * max_chunk + t) as i32));
-            start += n;
+            let consecutive = table.windows(2).all(|pair| pair[1] == pair[0] + 1);
+            let keys = if consecutive {
+                KeyLocation::Run {
+                    first_slot: table[0] as usize * block_size,
+                }
+            } else {
+                KeyLocation::Blocks(table.iter().map(|&b| b as i32).collect())
+            };
+            sequences.push(SequencePlan {
+                token_offset,
+                chunk_len: chunk.tokens.len(),
+                kv_len: len,
+                keys,
+            });
         }
 
         Ok(BatchPlan {
             token_ids,
             positions,
             slots,
-            batch,
-            max_chunk,
-            blocks_per_seq,
             block_size,
-            block_ids,
-            kv_lens,
-            chunk_lens,
-            last_token,
-            pad_index,
-            unpad_index,
+            sequences,
         })
     }
 
-    /// Gathered key positions per sequence (`L`).
-    pub fn key_len(&self) -> usize {
-        self.blocks_per_seq * self.block_size
+    /// Number of sequences (`B`).
+    pub fn batch(&self) -> usize {
+        self.sequences.len()
     }
 
-    /// Whether every chunk is one token (a pure decode step: no query padding needed).
-    pub fn is_decode_only(&self) -> bool {
-        self.max_chunk == 1
-    }
-
-    /// `[B * T * L]` attention mask: query `t` of sequence `b` may see key `k` iff `k` is
-    /// at or before the query's position (causal) and inside the sequence's history.
-    /// Padding queries copy the row of the sequence's last real query, so no row is
-    /// empty (an all-masked row would turn into NaNs).
-    pub fn attention_mask(&self) -> Vec<bool> {
-        let key_len = self.key_len();
-        let mut mask = Vec::with_capacity(self.batch * self.max_chunk * key_len);
-        for seq in 0..self.batch {
-            let n = self.chunk_lens[seq];
-            let first_position = self.kv_lens[seq] - n;
-            for t in 0..self.max_chunk {
-                let visible = first_position + t.min(n - 1) + 1;
-                mask.extend((0..key_len).map(|k| k < visible));
-            }
-        }
-        mask
+    /// `[B]` index into the packed tokens of each sequence's last new token: the rows the
+    /// next-token logits come from.
+    pub fn last_tokens(&self) -> Vec<i32> {
+        self.sequences
+            .iter()
+            .map(|s| (s.token_offset + s.chunk_len - 1) as i32)
+            .collect()
     }
 }
 
@@ -231,7 +193,8 @@ mod tests {
 
     #[test]
     fn mixed_prefill_and_decode_step() {
-        // Sequence 0 decodes its 6th token (5 cached); sequence 1 prefills 3 tokens.
+        // Sequence 0 decodes its 6th token (5 cached) from scattered blocks; sequence 1
+        // prefills 3 tokens into one block; sequence 2 decodes from a consecutive run.
         let chunks = [
             SequenceChunk {
                 tokens: &[7],
@@ -243,29 +206,44 @@ mod tests {
                 cached: 0,
                 block_table: &[9],
             },
+            SequenceChunk {
+                tokens: &[8],
+                cached: 4,
+                block_table: &[5, 6, 7],
+            },
         ];
         let plan = BatchPlan::new(&chunks, 4, 16, 100).unwrap();
-        assert_eq!(plan.token_ids, vec![7, 1, 2, 3]);
-        assert_eq!(plan.positions, vec![5, 0, 1, 2]);
-        // Position 5 lives in the second block (2) at offset 1.
-        assert_eq!(plan.slots, vec![2 * 4 + 1, 36, 37, 38]);
-        assert_eq!((plan.batch, plan.max_chunk, plan.blocks_per_seq), (2, 3, 2));
-        assert_eq!(plan.block_ids, vec![4, 2, 9, 9]);
-        assert_eq!(plan.kv_lens, vec![6, 3]);
-        assert_eq!(plan.last_token, vec![0, 3]);
-        assert_eq!(plan.pad_index, vec![0, 0, 0, 1, 2, 3]);
-        assert_eq!(plan.unpad_index, vec![0, 3, 4, 5]);
-
-        let mask = plan.attention_mask();
-        let row = |b: usize, t: usize| -> Vec<bool> {
-            let l = plan.key_len();
-            mask[(b * plan.max_chunk + t) * l..][..l].to_vec()
-        };
-        let visible = |n: usize| (0..8).map(|k| k < n).collect::<Vec<_>>();
-        assert_eq!(row(0, 0), visible(6)); // decode sees all 6 of its tokens
-        assert_eq!(row(0, 2), visible(6)); // padding copies the last real row
-        assert_eq!(row(1, 0), visible(1)); // causal inside the prefill chunk
-        assert_eq!(row(1, 2), visible(3));
+        assert_eq!(plan.token_ids, vec![7, 1, 2, 3, 8]);
+        assert_eq!(plan.positions, vec![5, 0, 1, 2, 4]);
+        // Position 5 lives in the second block (2) at offset 1; position 4 of sequence 2
+        // opens its second block (6).
+        assert_eq!(plan.slots, vec![2 * 4 + 1, 36, 37, 38, 24]);
+        assert_eq!(plan.batch(), 3);
+        assert_eq!(plan.last_tokens(), vec![0, 3, 4]);
+        assert_eq!(
+            plan.sequences,
+            vec![
+                SequencePlan {
+                    token_offset: 0,
+                    chunk_len: 1,
+                    kv_len: 6,
+                    keys: KeyLocation::Blocks(vec![4, 2]),
+                },
+                SequencePlan {
+                    token_offset: 1,
+                    chunk_len: 3,
+                    kv_len: 3,
+                    keys: KeyLocation::Run { first_slot: 36 },
+                },
+                // Only the blocks the 5 tokens need (5, 6) count, not the spare 7.
+                SequencePlan {
+                    token_offset: 4,
+                    chunk_len: 1,
+                    kv_len: 5,
+                    keys: KeyLocation::Run { first_slot: 20 },
+                },
+            ]
+        );
     }
 
     #[test]

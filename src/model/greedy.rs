@@ -2,10 +2,11 @@
 //! reference tests, equivalence tests and benchmarks drive, and the CLI's smoke generation.
 //!
 //! It exercises the same forward path the engine uses (mixed prefill/decode steps over the
-//! paged cache) with the simplest possible policy: each sequence gets a fixed run of
-//! blocks for its whole length up front, joins the batch at a chosen step, prefills its
-//! prompt in chunks and then decodes one token per step. Scheduling, admission and sampling
-//! proper belong to the engine.
+//! paged cache) with the simplest possible policy: each sequence gets its blocks for its
+//! whole length up front (one consecutive run each, or interleaved with the other
+//! sequences' blocks to exercise scattered block tables), joins the batch at a chosen step,
+//! prefills its prompt in chunks and then decodes one token per step. Scheduling, admission
+//! and sampling proper belong to the engine.
 
 use super::ModelError;
 use super::batch::{BatchPlan, SequenceChunk};
@@ -32,27 +33,68 @@ pub struct GreedyOutput {
     pub margins: Vec<f32>,
 }
 
-/// Decodes every request to `max_tokens`, prefilling at most `prefill_chunk` prompt tokens
-/// per sequence per step.
+/// How the harness lays out the sequences' blocks in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// Each sequence one consecutive run (attention reads the pool in place).
+    Consecutive,
+    /// Round-robin across sequences, so no table is consecutive (attention gathers).
+    Interleaved,
+}
+
+/// Schedule knobs of the harness.
+#[derive(Debug, Clone, Copy)]
+pub struct GreedyOptions {
+    /// At most this many prompt tokens per sequence per step.
+    pub prefill_chunk: usize,
+    pub layout: BlockLayout,
+}
+
+impl Default for GreedyOptions {
+    /// Whole prompts in one step, consecutive blocks: mlx-lm's own schedule.
+    fn default() -> Self {
+        GreedyOptions {
+            prefill_chunk: usize::MAX,
+            layout: BlockLayout::Consecutive,
+        }
+    }
+}
+
+/// Decodes every request to `max_tokens`.
 pub fn generate(
     model: &LlamaModel,
     cache: &mut PagedKvCache,
     requests: &[GreedyRequest],
-    prefill_chunk: usize,
+    options: GreedyOptions,
 ) -> Result<Vec<GreedyOutput>, ModelError> {
     let kv = cache.config();
     let context = model.config().context_length;
-    // Fixed block runs, one after another.
-    let mut next_block = 0u32;
-    let tables: Vec<Vec<u32>> = requests
+    let prefill_chunk = options.prefill_chunk;
+    let needs: Vec<usize> = requests
         .iter()
-        .map(|r| {
-            let blocks = (r.prompt.len() + r.max_tokens).div_ceil(kv.block_size) as u32;
-            let table = (next_block..next_block + blocks).collect();
-            next_block += blocks;
-            table
-        })
+        .map(|r| (r.prompt.len() + r.max_tokens).div_ceil(kv.block_size))
         .collect();
+    let total: usize = needs.iter().sum();
+    let mut tables: Vec<Vec<u32>> = needs.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut next_block = 0u32;
+    match options.layout {
+        BlockLayout::Consecutive => {
+            for (table, &need) in tables.iter_mut().zip(&needs) {
+                table.extend(next_block..next_block + need as u32);
+                next_block += need as u32;
+            }
+        }
+        BlockLayout::Interleaved => {
+            while (next_block as usize) < total {
+                for (table, &need) in tables.iter_mut().zip(&needs) {
+                    if table.len() < need {
+                        table.push(next_block);
+                        next_block += 1;
+                    }
+                }
+            }
+        }
+    }
     if next_block as usize > kv.num_blocks {
         return Err(ModelError::InvalidConfig {
             path: "greedy harness".into(),

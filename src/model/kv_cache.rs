@@ -2,8 +2,10 @@
 //! and values.
 //!
 //! Storage per layer is one keys and one values array of shape
-//! `[num_blocks * block_size, kv_heads, head_dim]` — "slots", where slot
-//! `block * block_size + offset` holds one token. Which blocks belong to which sequence is
+//! `[kv_heads, num_blocks * block_size, head_dim]` — "slots", where slot
+//! `block * block_size + offset` holds one token. Slots are the middle axis so that a
+//! gathered sequence is, per head, one contiguous `[tokens, head_dim]` matrix: attention's
+//! matmuls then read it in place instead of copying it again. Which blocks belong to which sequence is
 //! the caller's business (block tables, see `model::batch`); this type only writes slots and
 //! gathers blocks.
 //!
@@ -19,10 +21,11 @@
 //! axes) keeps the same slot addressing.
 
 use mlx_rs::error::Exception;
-use mlx_rs::ops::indexing::{scatter_single, take_axis};
+use mlx_rs::ops::indexing::{IndexOp, scatter_single, take_axis};
 use mlx_rs::ops::zeros_dtype;
 use mlx_rs::{Array, Dtype};
 
+use super::batch::KeyLocation;
 use super::config::ModelConfig;
 
 /// Geometry of the pool.
@@ -102,7 +105,7 @@ impl PagedKvCache {
         let slots = (config.num_blocks * config.block_size) as i32;
         let kv_heads = model.num_kv_heads as i32;
         let head_dim = model.head_dim as i32;
-        let shape = [slots, kv_heads, head_dim];
+        let shape = [kv_heads, slots, head_dim];
         let layers = (0..model.num_layers)
             .map(|_| {
                 Ok(LayerKv {
@@ -140,38 +143,56 @@ impl PagedKvCache {
         values: &Array,
     ) -> Result<(), Exception> {
         let n = slots.dim(0);
-        let update_shape = [n, 1, self.kv_heads, self.head_dim];
+        // scatter along the slot axis wants `[N, kv_heads, 1, head_dim]`.
+        let update_shape = [n, self.kv_heads, 1, self.head_dim];
         let entry = &mut self.layers[layer];
         // Move the old arrays out so the scatter holds their only reference and MLX can
         // donate the buffer instead of copying the pool.
         let old_keys = std::mem::replace(&mut entry.keys, Array::from_int(0));
-        entry.keys = scatter_single(old_keys, slots, keys.reshape(&update_shape)?, 0)?;
+        entry.keys = scatter_single(old_keys, slots, keys.reshape(&update_shape)?, 1)?;
         let old_values = std::mem::replace(&mut entry.values, Array::from_int(0));
-        entry.values = scatter_single(old_values, slots, values.reshape(&update_shape)?, 0)?;
+        entry.values = scatter_single(old_values, slots, values.reshape(&update_shape)?, 1)?;
         Ok(())
     }
 
-    /// Gathers whole blocks for a batch: `block_ids` is `[B, blocks_per_seq]` int32; returns
-    /// keys and values as `[B, kv_heads, blocks_per_seq * block_size, head_dim]`, the layout
-    /// attention wants.
-    pub fn gather(&self, layer: usize, block_ids: &Array) -> Result<(Array, Array), Exception> {
-        let batch = block_ids.dim(0);
-        let blocks = block_ids.dim(1);
-        let block_size = self.config.block_size as i32;
-        let block_view = [
-            self.config.num_blocks as i32,
-            block_size,
-            self.kv_heads,
-            self.head_dim,
-        ];
-        let seq_shape = [batch, blocks * block_size, self.kv_heads, self.head_dim];
-        let gather = |pool: &Array| -> Result<Array, Exception> {
-            take_axis(pool.reshape(&block_view)?, block_ids, 0)?
-                .reshape(&seq_shape)?
-                .transpose_axes(&[0, 2, 1, 3])
+    /// One sequence's first `len` keys and values in `layer`, as `[1, kv_heads, len,
+    /// head_dim]`: a view into the pool when its blocks are consecutive, else a gathered
+    /// copy of its blocks.
+    pub fn sequence(
+        &self,
+        layer: usize,
+        location: &KeyLocation,
+        len: usize,
+    ) -> Result<(Array, Array), Exception> {
+        let len = len as i32;
+        let read = |pool: &Array| -> Result<Array, Exception> {
+            let keys = match location {
+                KeyLocation::Run { first_slot } => {
+                    let first = *first_slot as i32;
+                    pool.index((.., first..first + len, ..))
+                }
+                KeyLocation::Blocks(blocks) => {
+                    let block_size = self.config.block_size as i32;
+                    let count = blocks.len() as i32;
+                    let by_block = [
+                        self.kv_heads,
+                        self.config.num_blocks as i32,
+                        block_size,
+                        self.head_dim,
+                    ];
+                    take_axis(
+                        pool.reshape(&by_block)?,
+                        Array::from_slice(blocks, &[count]),
+                        1,
+                    )?
+                    .reshape(&[self.kv_heads, count * block_size, self.head_dim])?
+                    .index((.., ..len, ..))
+                }
+            };
+            keys.expand_dims(0)
         };
         let entry = &self.layers[layer];
-        Ok((gather(&entry.keys)?, gather(&entry.values)?))
+        Ok((read(&entry.keys)?, read(&entry.values)?))
     }
 
     /// Every pool array, to be evaluated together with a step's outputs so that no lazy

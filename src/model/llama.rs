@@ -3,16 +3,16 @@
 //!
 //! One forward step takes a [`BatchPlan`] — sequences prefilling prompt chunks and
 //! sequences decoding one token, mixed — and returns next-token logits for each sequence.
-//! Projections and MLP run on all new tokens packed together; attention runs on a padded
-//! per-sequence grid over keys gathered from each sequence's own blocks, so sequences never
-//! see each other's history. A single sequence takes the exact shapes mlx-lm uses
-//! (contiguous keys, causal or no mask), which keeps single-stream outputs identical to the
-//! reference.
+//! Projections and MLP run on all new tokens packed together (that is where batching pays);
+//! attention runs per sequence over exactly its own keys — read in place from the pool when
+//! its blocks are consecutive — in the shapes mlx-lm uses for a lone sequence (causal mask
+//! for a chunk, none for one token). So sequences never see each other's history, and
+//! single-stream outputs match the reference.
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
 use mlx_rs::ops::indexing::{IndexOp, take_axis};
-use mlx_rs::ops::{add, multiply};
+use mlx_rs::ops::{add, concatenate, multiply};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
@@ -206,8 +206,7 @@ impl LlamaModel {
     fn forward_lazy(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, Exception> {
         let c = &self.config;
         let n = plan.token_ids.len() as i32;
-        let batch = plan.batch as i32;
-        let chunk = plan.max_chunk as i32;
+        let batch = plan.batch() as i32;
         let (heads, kv_heads, head_dim) =
             (c.num_heads as i32, c.num_kv_heads as i32, c.head_dim as i32);
         let eps = c.rms_norm_eps;
@@ -216,21 +215,6 @@ impl LlamaModel {
         let ids = Array::from_slice(&plan.token_ids, &[n]);
         let positions = Array::from_slice(&plan.positions, &[n]);
         let slots = Array::from_slice(&plan.slots, &[n]);
-        let block_ids = Array::from_slice(&plan.block_ids, &[batch, plan.blocks_per_seq as i32]);
-        // Query grid: packed tokens map onto [B, T] directly unless chunks differ in length.
-        let padded = n != batch * chunk;
-        let pad_index = padded.then(|| Array::from_slice(&plan.pad_index, &[batch * chunk]));
-        let unpad_index = padded.then(|| Array::from_slice(&plan.unpad_index, &[n]));
-        // One sequence: attend over exactly its keys with mlx-lm's masks. Several: an
-        // explicit mask per sequence (causal within its chunk, blind past its length).
-        let single_len = (plan.batch == 1).then(|| plan.kv_lens[0] as i32);
-        let mask = match single_len {
-            Some(_) => None,
-            None => Some(Array::from_slice(
-                &plan.attention_mask(),
-                &[batch, 1, chunk, plan.key_len() as i32],
-            )),
-        };
 
         let mut h = self.embed_tokens.rows(&ids)?;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -252,42 +236,33 @@ impl LlamaModel {
                 k = rms_norm(&k, Some(k_norm), eps)?;
             }
             // Each packed token is its own RoPE "batch" row with its own position.
-            let q = self.rope(&q, &positions)?;
+            let q = self.rope(&q, &positions)?.reshape(&[n, heads, head_dim])?;
             let k = self.rope(&k, &positions)?;
             cache.write(index, &slots, &k, &v)?;
-            let (mut keys, mut values) = cache.gather(index, &block_ids)?;
 
-            let queries = match &pad_index {
-                Some(pad) => take_axis(q.reshape(&[n, heads * head_dim])?, pad, 0)?,
-                None => q,
+            // Attention per sequence, in the shapes a lone sequence has (mlx-lm's): queries
+            // [1, H, T, D] over exactly its keys, causal within a prefill chunk.
+            let mut attended = Vec::with_capacity(plan.sequences.len());
+            for seq in &plan.sequences {
+                let (offset, len) = (seq.token_offset as i32, seq.chunk_len as i32);
+                let queries = q
+                    .index(offset..offset + len)
+                    .transpose_axes(&[1, 0, 2])?
+                    .expand_dims(0)?;
+                let (keys, values) = cache.sequence(index, &seq.keys, seq.kv_len)?;
+                let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                let out = mlx_rs::fast::scaled_dot_product_attention(
+                    &queries, &keys, &values, scale, mask, None,
+                )?;
+                // [1, H, T, D] -> [T, H * D]
+                attended.push(
+                    out.transpose_axes(&[0, 2, 1, 3])?
+                        .reshape(&[len, heads * head_dim])?,
+                );
             }
-            .reshape(&[batch, chunk, heads, head_dim])?
-            .transpose_axes(&[0, 2, 1, 3])?;
-
-            let attended = match single_len {
-                Some(len) => {
-                    keys = keys.index((.., .., ..len, ..));
-                    values = values.index((.., .., ..len, ..));
-                    let causal = (chunk > 1).then_some(ScaledDotProductAttentionMask::Causal);
-                    mlx_rs::fast::scaled_dot_product_attention(
-                        &queries, &keys, &values, scale, causal, None,
-                    )?
-                }
-                None => mlx_rs::fast::scaled_dot_product_attention(
-                    &queries,
-                    &keys,
-                    &values,
-                    scale,
-                    mask.as_ref().map(ScaledDotProductAttentionMask::Array),
-                    None,
-                )?,
-            };
-            let attended = attended
-                .transpose_axes(&[0, 2, 1, 3])?
-                .reshape(&[batch * chunk, heads * head_dim])?;
-            let attended = match &unpad_index {
-                Some(unpad) => take_axis(&attended, unpad, 0)?,
-                None => attended,
+            let attended = match attended.len() {
+                1 => attended.remove(0),
+                _ => concatenate(&attended, 0)?,
             };
             h = add(&h, layer.o_proj.forward(&attended)?)?;
 
@@ -302,7 +277,7 @@ impl LlamaModel {
         let last = if n == batch {
             h
         } else {
-            take_axis(&h, Array::from_slice(&plan.last_token, &[batch]), 0)?
+            take_axis(&h, Array::from_slice(&plan.last_tokens(), &[batch]), 0)?
         };
         let last = rms_norm(&last, Some(&self.norm), eps)?;
         let logits = match &self.lm_head {
