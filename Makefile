@@ -27,8 +27,9 @@ bench: setup
 	$(CARGO) bench --bench matmul
 	scripts/bench_model.sh
 
-# Regenerates tests/fixtures/smollm2_*_reference.json with the Python reference pipeline
-# (mlx-lm 0.32 on the GGUF converted to a float32 HF folder). Needs PyPI access the first time;
-# `make test` does not need it (the fixtures are committed). See scripts/reference/README.md.
+# Regenerates tests/fixtures/*_reference.json with the Python reference pipeline (mlx-lm 0.32
+# on the GGUF converted to a float32 HF folder, and on tiny formula-weight models). Needs PyPI
+# access the first time; `make test` does not need it (the fixtures are committed).
+# See scripts/reference/README.md.
 reference: setup
 	@scripts/reference/regenerate.sh

@@ -9,8 +9,11 @@
 #                                                 with per-step top-2 logprob margins
 #   tests/fixtures/smollm2_tokenizer_reference.json  tokenizer encodings/decodings and chat
 #                                                 template renderings (transformers)
+#   .deps/reference/tiny/<variant>/               tiny formula-weight models of every supported
+#                                                 family (tiny_models.py)
+#   tests/fixtures/tiny_models_reference.json     their mlx-lm logits and greedy decodes
 # The fixtures are committed: `make test` never needs Python. Rerun this only when the model,
-# MLX or the fixture set changes, and commit the two JSON files.
+# MLX or the fixture set changes, and commit the three JSON files.
 # Needs: models/SmolLM2-135M-Instruct.Q4_1.gguf (make setup), python3 >= 3.11 with venv,
 # PyPI access for the first run. Takes about a minute on 2 cores after the first install.
 set -euo pipefail
@@ -26,3 +29,4 @@ PY=$(scripts/reference/venv.sh --print-python)
 export TRANSFORMERS_VERBOSITY=error
 "$PY" scripts/reference/gguf_to_hf.py
 "$PY" scripts/reference/make_fixtures.py
+"$PY" scripts/reference/tiny_models.py

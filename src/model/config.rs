@@ -74,8 +74,11 @@ pub struct ModelConfig {
     pub context_length: usize,
     /// The output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
-    /// q/k/v projections carry biases (Qwen2).
+    /// q/k/v projections carry biases (Qwen2; Llama-layout models with `attention_bias`).
     pub attention_bias: bool,
+    /// The attention output projection carries a bias (Llama-layout models with
+    /// `attention_bias`; never Qwen2).
+    pub output_bias: bool,
     /// Per-head RMSNorm on queries and keys before RoPE (Qwen3).
     pub qk_norm: bool,
 }
@@ -130,6 +133,9 @@ impl ModelConfig {
         let mut attention = 2 * h * q + 2 * h * kv;
         if self.attention_bias {
             attention += q + 2 * kv;
+        }
+        if self.output_bias {
+            attention += h;
         }
         if self.qk_norm {
             attention += 2 * self.head_dim as u64;
@@ -205,18 +211,9 @@ pub struct HfConfig {
     pub rope_theta: f32,
     pub rope_scaling: Option<serde_json::Value>,
     pub max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+    /// Absent means tied when the checkpoint has no `lm_head.weight` (what mlx-lm does).
+    pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
-    /// MLX-community quantized checkpoints: `{"group_size": 64, "bits": 4}`.
-    pub quantization: Option<HfQuantization>,
-}
-
-/// Quantization parameters of an MLX-format checkpoint.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub struct HfQuantization {
-    pub group_size: i32,
-    pub bits: i32,
 }
 
 fn default_rms_norm_eps() -> f32 {
@@ -261,10 +258,13 @@ impl HfConfig {
             rope_theta: self.rope_theta,
             rope_scaling,
             context_length: self.max_position_embeddings.unwrap_or(4096),
-            tie_word_embeddings: self.tie_word_embeddings,
+            // The model uses `lm_head.weight` whenever the checkpoint has one.
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
             attention_bias: self
                 .attention_bias
                 .unwrap_or(architecture == Architecture::Qwen2),
+            output_bias: architecture != Architecture::Qwen2
+                && self.attention_bias.unwrap_or(false),
             qk_norm: architecture == Architecture::Qwen3,
         };
         config.validate()?;
@@ -319,6 +319,7 @@ mod tests {
             context_length: 8192,
             tie_word_embeddings: true,
             attention_bias: false,
+            output_bias: false,
             qk_norm: false,
         }
     }
@@ -354,7 +355,7 @@ mod tests {
         };
         let qwen2: HfConfig = serde_json::from_str(&json("qwen2")).unwrap();
         let config = qwen2.to_model_config().unwrap();
-        assert!(config.attention_bias && !config.qk_norm);
+        assert!(config.attention_bias && !config.output_bias && !config.qk_norm);
         assert_eq!((config.num_kv_heads, config.head_dim), (2, 4));
         let qwen3: HfConfig = serde_json::from_str(&json("qwen3")).unwrap();
         assert!(qwen3.to_model_config().unwrap().qk_norm);

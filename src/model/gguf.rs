@@ -78,6 +78,7 @@ pub fn model_config(file: &GgufFile, path: &Path) -> Result<ModelConfig, ModelEr
         context_length: meta.required_u32(&key("context_length"))? as usize,
         tie_word_embeddings: !has_tensor("output.weight")?,
         attention_bias: has_tensor("blk.0.attn_q.bias")?,
+        output_bias: has_tensor("blk.0.attn_output.bias")?,
         qk_norm: has_tensor("blk.0.attn_q_norm.weight")?,
     };
     config

@@ -95,7 +95,7 @@ impl LlamaModel {
                     &format!("{attn}.o_proj"),
                     hidden,
                     heads * head_dim,
-                    false,
+                    c.output_bias,
                     mode,
                 )?,
                 q_norm: c
