@@ -8,6 +8,7 @@ use mlx_rs::io::GgufError;
 
 use super::batch::BatchError;
 use super::chat_template::ChatTemplateError;
+use super::gguf_metadata::MetadataError;
 use super::tokenizer::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,14 +21,8 @@ pub enum ModelError {
         #[source]
         source: GgufError,
     },
-    #[error("GGUF file {path} has no metadata key `{key}`")]
-    MissingMetadata { path: PathBuf, key: String },
-    #[error("GGUF file {path}: metadata key `{key}` {problem}")]
-    BadMetadata {
-        path: PathBuf,
-        key: String,
-        problem: String,
-    },
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     #[error("{path}: model architecture `{name}` is not supported (supported: {supported})")]
     UnsupportedArchitecture {
         path: PathBuf,

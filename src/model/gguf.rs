@@ -8,10 +8,11 @@
 use std::path::Path;
 
 use mlx_rs::Array;
-use mlx_rs::io::{GgufFile, GgufMetadataValue};
+use mlx_rs::io::GgufFile;
 
 use super::ModelError;
 use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::gguf_metadata::GgufMetadata;
 use super::weights::{QuantSpec, TensorMap};
 
 /// Block size of every GGUF quantization type MLX loads (Q4_0, Q4_1, Q8_0): one scale
@@ -20,7 +21,11 @@ const GGUF_QUANT_GROUP: usize = 32;
 
 /// Reads the hyper-parameters from the file's metadata; refuses unknown architectures.
 pub fn model_config(file: &GgufFile, path: &Path) -> Result<ModelConfig, ModelError> {
-    let meta = Metadata { file, path };
+    let meta = GgufMetadata::new(file, path);
+    let gguf = |source| ModelError::Gguf {
+        path: path.to_path_buf(),
+        source,
+    };
     let name = meta.required_string("general.architecture")?;
     let architecture =
         Architecture::from_name(&name).ok_or_else(|| ModelError::UnsupportedArchitecture {
@@ -39,15 +44,9 @@ pub fn model_config(file: &GgufFile, path: &Path) -> Result<ModelConfig, ModelEr
             .ok_or_else(|| meta.missing("tokenizer.ggml.tokens"))?,
     };
     let has_tensor = |tensor: &str| -> Result<bool, ModelError> {
-        Ok(file
-            .get_array(tensor)
-            .map_err(|source| meta.gguf(source))?
-            .is_some())
+        Ok(file.get_array(tensor).map_err(gguf)?.is_some())
     };
-    let rope_scaling = match file
-        .get_array("rope_freqs.weight")
-        .map_err(|source| meta.gguf(source))?
-    {
+    let rope_scaling = match file.get_array("rope_freqs.weight").map_err(gguf)? {
         Some(factors) => {
             let factors = factors.as_dtype(mlx_rs::Dtype::Float32)?;
             factors.eval()?;
@@ -203,105 +202,4 @@ fn hf_tensor_name(name: &str) -> Option<String> {
         }
     };
     Some(format!("{mapped}.{suffix}"))
-}
-
-/// Typed access to one file's metadata, turning absent or mistyped keys into errors that
-/// name the file and the key.
-struct Metadata<'a> {
-    file: &'a GgufFile,
-    path: &'a Path,
-}
-
-impl Metadata<'_> {
-    fn bad(&self, key: &str, problem: impl Into<String>) -> ModelError {
-        ModelError::BadMetadata {
-            path: self.path.to_path_buf(),
-            key: key.to_owned(),
-            problem: problem.into(),
-        }
-    }
-
-    fn gguf(&self, source: mlx_rs::io::GgufError) -> ModelError {
-        ModelError::Gguf {
-            path: self.path.to_path_buf(),
-            source,
-        }
-    }
-
-    fn missing(&self, key: &str) -> ModelError {
-        ModelError::MissingMetadata {
-            path: self.path.to_path_buf(),
-            key: key.to_owned(),
-        }
-    }
-
-    fn value(&self, key: &str) -> Result<Option<GgufMetadataValue>, ModelError> {
-        self.file
-            .get_metadata(key)
-            .map_err(|source| ModelError::Gguf {
-                path: self.path.to_path_buf(),
-                source,
-            })
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, ModelError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(GgufMetadataValue::String(value)) => Ok(Some(value)),
-            Some(other) => Err(self.bad(key, format!("is {:?}, expected a string", other.kind()))),
-        }
-    }
-
-    fn required_string(&self, key: &str) -> Result<String, ModelError> {
-        self.string(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ModelError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(GgufMetadataValue::Strings(values)) => Ok(Some(values)),
-            Some(other) => Err(self.bad(
-                key,
-                format!("is {:?}, expected a list of strings", other.kind()),
-            )),
-        }
-    }
-
-    fn scalar(&self, key: &str) -> Result<Option<mlx_rs::Array>, ModelError> {
-        match self.value(key)? {
-            None => Ok(None),
-            Some(GgufMetadataValue::Array(array)) if array.size() == 1 => Ok(Some(array)),
-            Some(GgufMetadataValue::Array(array)) => Err(self.bad(
-                key,
-                format!("has {} elements, expected one number", array.size()),
-            )),
-            Some(other) => Err(self.bad(key, format!("is {:?}, expected a number", other.kind()))),
-        }
-    }
-
-    fn optional_u32(&self, key: &str) -> Result<Option<u32>, ModelError> {
-        let Some(array) = self.scalar(key)? else {
-            return Ok(None);
-        };
-        let value: i64 = array
-            .try_item_cast()
-            .map_err(|e| self.bad(key, format!("is not an integer: {e}")))?;
-        u32::try_from(value)
-            .map(Some)
-            .map_err(|_| self.bad(key, format!("is {value}, out of range")))
-    }
-
-    fn required_u32(&self, key: &str) -> Result<u32, ModelError> {
-        self.optional_u32(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn optional_f32(&self, key: &str) -> Result<Option<f32>, ModelError> {
-        let Some(array) = self.scalar(key)? else {
-            return Ok(None);
-        };
-        array
-            .try_item_cast()
-            .map(Some)
-            .map_err(|e| self.bad(key, format!("is not a number: {e}")))
-    }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod detokenizer;
 mod error;
 pub mod gguf;
+pub mod gguf_metadata;
 pub mod greedy;
 pub mod hf;
 pub mod hub;

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use mlx_rs::io::{GgufError, GgufFile};
+use mlx_rs::io::GgufFile;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::NormalizerWrapper;
@@ -29,6 +29,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use super::gguf_metadata::{GgufMetadata, MetadataError};
 
 /// GGUF token type of a control token (`<|im_start|>`, `<|endoftext|>`): matched whole in
 /// text, skipped when decoding with `skip_special`.
@@ -62,27 +64,9 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// Errors building or using a tokenizer. Messages name the file and metadata key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// MLX could not read a metadata value.
-    #[error("cannot read tokenizer metadata `{key}` from GGUF file {path}: {source}")]
-    Gguf {
-        path: PathBuf,
-        key: String,
-        #[source]
-        source: GgufError,
-    },
-    /// A required metadata key is absent.
-    #[error(
-        "GGUF file {path} has no tokenizer metadata key `{key}` (the file carries no usable \
-         tokenizer)"
-    )]
-    MissingKey { path: PathBuf, key: String },
-    /// A metadata key holds something unusable.
-    #[error("GGUF file {path}: tokenizer metadata `{key}` {problem}")]
-    BadMetadata {
-        path: PathBuf,
-        key: String,
-        problem: String,
-    },
+    /// A tokenizer metadata key of a GGUF file is absent, unreadable or unusable.
+    #[error("{0} (the file carries no usable tokenizer)")]
+    Metadata(#[from] MetadataError),
     /// `tokenizer.ggml.model` names a tokenizer family we do not implement.
     #[error(
         "GGUF file {path}: tokenizer.ggml.model is `{model}`, but only `gpt2` (byte-level BPE) \
@@ -233,7 +217,7 @@ impl Tokenizer {
     /// text and dropped by `decode(.., skip_special = true)`. User-defined tokens (type 4)
     /// are matched whole too but are kept when decoding.
     pub fn from_gguf(file: &GgufFile, path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let meta = GgufMeta { file, path };
+        let meta = GgufMetadata::new(file, path);
 
         let model = meta.required_string("tokenizer.ggml.model")?;
         if model != "gpt2" {
@@ -264,7 +248,7 @@ impl Tokenizer {
 
         let tokens = meta.required_strings("tokenizer.ggml.tokens")?;
         if tokens.is_empty() {
-            return Err(meta.bad("tokenizer.ggml.tokens", "is empty"));
+            return Err(meta.bad("tokenizer.ggml.tokens", "is empty").into());
         }
         let vocab_len = u32::try_from(tokens.len())
             .map_err(|_| meta.bad("tokenizer.ggml.tokens", "has more than 2^32 entries"))?;
@@ -291,14 +275,16 @@ impl Tokenizer {
             .collect::<Result<Vec<_>, _>>()?;
         let token_types = match meta.i32_array("tokenizer.ggml.token_type")? {
             Some(types) if types.len() != tokens.len() => {
-                return Err(meta.bad(
-                    "tokenizer.ggml.token_type",
-                    format!(
-                        "has {} entries but tokenizer.ggml.tokens has {}",
-                        types.len(),
-                        tokens.len()
-                    ),
-                ));
+                return Err(meta
+                    .bad(
+                        "tokenizer.ggml.token_type",
+                        format!(
+                            "has {} entries but tokenizer.ggml.tokens has {}",
+                            types.len(),
+                            tokens.len()
+                        ),
+                    )
+                    .into());
             }
             Some(types) => types,
             None => vec![1; tokens.len()],
@@ -352,10 +338,12 @@ impl Tokenizer {
 
         let id = |key: &str| -> Result<Option<u32>, TokenizerError> {
             match meta.optional_u32(key)? {
-                Some(id) if id >= vocab_len => Err(meta.bad(
-                    key,
-                    format!("is {id}, outside the vocabulary of {vocab_len} tokens"),
-                )),
+                Some(id) if id >= vocab_len => Err(meta
+                    .bad(
+                        key,
+                        format!("is {id}, outside the vocabulary of {vocab_len} tokens"),
+                    )
+                    .into()),
                 other => Ok(other),
             }
         };
@@ -761,106 +749,6 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Typed access to a GGUF file's tokenizer metadata; absent or mistyped keys become errors
-/// naming the file and key.
-struct GgufMeta<'a> {
-    file: &'a GgufFile,
-    path: &'a Path,
-}
-
-impl GgufMeta<'_> {
-    fn gguf(&self, key: &str, source: GgufError) -> TokenizerError {
-        TokenizerError::Gguf {
-            path: self.path.to_path_buf(),
-            key: key.to_owned(),
-            source,
-        }
-    }
-
-    fn bad(&self, key: &str, problem: impl Into<String>) -> TokenizerError {
-        TokenizerError::BadMetadata {
-            path: self.path.to_path_buf(),
-            key: key.to_owned(),
-            problem: problem.into(),
-        }
-    }
-
-    fn missing(&self, key: &str) -> TokenizerError {
-        TokenizerError::MissingKey {
-            path: self.path.to_path_buf(),
-            key: key.to_owned(),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, TokenizerError> {
-        self.file
-            .get_metadata_string(key)
-            .map_err(|e| self.gguf(key, e))
-    }
-
-    fn required_string(&self, key: &str) -> Result<String, TokenizerError> {
-        self.string(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn required_strings(&self, key: &str) -> Result<Vec<String>, TokenizerError> {
-        self.file
-            .get_metadata_strings(key)
-            .map_err(|e| self.gguf(key, e))?
-            .ok_or_else(|| self.missing(key))
-    }
-
-    fn array(&self, key: &str) -> Result<Option<mlx_rs::Array>, TokenizerError> {
-        self.file
-            .get_metadata_array(key)
-            .map_err(|e| self.gguf(key, e))
-    }
-
-    fn i32_array(&self, key: &str) -> Result<Option<Vec<i32>>, TokenizerError> {
-        let Some(array) = self.array(key)? else {
-            return Ok(None);
-        };
-        if array.ndim() > 1 {
-            return Err(self.bad(key, format!("has {} dimensions, expected 1", array.ndim())));
-        }
-        array
-            .to_vec_cast::<i32>()
-            .map(Some)
-            .map_err(|e| self.bad(key, format!("is not a list of integers: {e}")))
-    }
-
-    fn scalar(&self, key: &str) -> Result<Option<mlx_rs::Array>, TokenizerError> {
-        match self.array(key)? {
-            Some(array) if array.size() != 1 => Err(self.bad(
-                key,
-                format!("has {} elements, expected one value", array.size()),
-            )),
-            other => Ok(other),
-        }
-    }
-
-    fn optional_u32(&self, key: &str) -> Result<Option<u32>, TokenizerError> {
-        let Some(array) = self.scalar(key)? else {
-            return Ok(None);
-        };
-        let value: i64 = array
-            .try_item_cast()
-            .map_err(|e| self.bad(key, format!("is not an integer: {e}")))?;
-        u32::try_from(value)
-            .map(Some)
-            .map_err(|_| self.bad(key, format!("is {value}, not a valid token id")))
-    }
-
-    fn optional_bool(&self, key: &str) -> Result<Option<bool>, TokenizerError> {
-        let Some(array) = self.scalar(key)? else {
-            return Ok(None);
-        };
-        array
-            .try_item_cast::<bool>()
-            .map(Some)
-            .map_err(|e| self.bad(key, format!("is not a boolean: {e}")))
-    }
-}
-
 /// A tiny byte-level tokenizer built through [`Tokenizer::from_gguf`] from an in-memory GGUF,
 /// for unit tests elsewhere in the crate.
 #[cfg(test)]
@@ -1019,7 +907,7 @@ mod tests {
         let empty = GgufFile::new().expect("empty gguf");
         let err = Tokenizer::from_gguf(&empty, path).expect_err("no tokenizer");
         assert!(
-            matches!(&err, TokenizerError::MissingKey { key, .. } if key == "tokenizer.ggml.model"),
+            matches!(&err, TokenizerError::Metadata(e) if e.key() == "tokenizer.ggml.model"),
             "{err}"
         );
     }
