@@ -18,7 +18,9 @@ pub mod identity;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+mod pre_tokenizer;
 pub mod tokenizer;
+mod tokenizer_config;
 pub mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};

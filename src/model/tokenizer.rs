@@ -18,19 +18,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use mlx_rs::io::GgufFile;
+use tokenizers::AddedToken;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::normalizers::unicode::NFC;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use super::gguf_metadata::{GgufMetadata, MetadataError};
+use super::pre_tokenizer::{SUPPORTED_PRE_TYPES, pre_tokenizer_spec};
+use super::tokenizer_config::TokenizerConfig;
 
 /// GGUF token type of a control token (`<|im_start|>`, `<|endoftext|>`): matched whole in
 /// text, skipped when decoding with `skip_special`.
@@ -51,15 +47,6 @@ const END_OF_GENERATION_MARKERS: &[&str] = &[
     "<EOT>",
     "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
 ];
-
-/// The pre-tokenizer split used by Llama 3 (llama.cpp `llama-bpe`): case-insensitive English
-/// contractions, letters with one optional leading non-letter, numbers in groups of up to
-/// three digits, punctuation runs with trailing newlines, newline runs, other whitespace.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The pre-tokenizer split used by Qwen2 (llama.cpp `qwen2`): as Llama 3's, but every digit
-/// on its own.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Errors building or using a tokenizer. Messages name the file and metadata key involved.
 #[derive(Debug, thiserror::Error)]
@@ -98,81 +85,6 @@ pub enum TokenizerError {
     /// Decoding ids failed inside the `tokenizers` crate.
     #[error("cannot decode token ids: {0}")]
     Decode(String),
-}
-
-/// `tokenizer.ggml.pre` values [`Tokenizer::from_gguf`] accepts (llama.cpp's names).
-pub const SUPPORTED_PRE_TYPES: &[&str] = &[
-    "default",
-    "gpt2",
-    "gpt-2",
-    "smollm",
-    "starcoder",
-    "refact",
-    "llama3",
-    "llama-v3",
-    "llama-bpe",
-    "qwen2",
-    "deepseek-r1-qwen",
-];
-
-/// How one llama.cpp pre-tokenizer type is reproduced with `tokenizers` building blocks.
-struct PreTokenizerSpec {
-    normalizer: Option<NormalizerWrapper>,
-    pre_tokenizer: PreTokenizerWrapper,
-    /// A whole pre-tokenized word found in the vocabulary is used as is, without applying
-    /// merges (Llama 3's tokenizer.json sets this, llama.cpp does the same for `llama-bpe`).
-    ignore_merges: bool,
-    /// `add_bos_token` when the file does not say (llama.cpp's default for the type).
-    default_add_bos: bool,
-}
-
-/// Maps a `tokenizer.ggml.pre` value to the Hugging Face pre-tokenizer that produces the same
-/// splits, or `None` when the type is unknown.
-fn pre_tokenizer_spec(pre: &str) -> Result<Option<PreTokenizerSpec>, String> {
-    // GPT-2's own regex, applied by the ByteLevel step (use_regex = true).
-    let byte_level_gpt2 = ByteLevel::new(false, true, true);
-    // Byte mapping only; the split comes from a preceding regex.
-    let byte_level_only = ByteLevel::new(false, true, false);
-    let split = |regex: &str| -> Result<PreTokenizerWrapper, String> {
-        Split::new(
-            SplitPattern::Regex(regex.to_owned()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map(PreTokenizerWrapper::Split)
-        .map_err(|e| format!("pre-tokenizer regex does not compile: {e}"))
-    };
-    let spec = match pre {
-        "default" | "gpt2" | "gpt-2" => PreTokenizerSpec {
-            normalizer: None,
-            pre_tokenizer: byte_level_gpt2.into(),
-            ignore_merges: false,
-            default_add_bos: false,
-        },
-        // llama.cpp: "\p{N}" isolated, then GPT-2's regex = HF Digits(individual) + ByteLevel.
-        "smollm" | "starcoder" | "refact" => PreTokenizerSpec {
-            normalizer: None,
-            pre_tokenizer: Sequence::new(vec![Digits::new(true).into(), byte_level_gpt2.into()])
-                .into(),
-            ignore_merges: false,
-            default_add_bos: false,
-        },
-        "llama3" | "llama-v3" | "llama-bpe" => PreTokenizerSpec {
-            normalizer: None,
-            pre_tokenizer: Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level_only.into()]).into(),
-            ignore_merges: true,
-            default_add_bos: true,
-        },
-        // Qwen2's tokenizer.json also NFC-normalizes its input (llama.cpp does not).
-        "qwen2" | "deepseek-r1-qwen" => PreTokenizerSpec {
-            normalizer: Some(NFC.into()),
-            pre_tokenizer: Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level_only.into()]).into(),
-            ignore_merges: false,
-            default_add_bos: false,
-        },
-        _ => return Ok(None),
-    };
-    Ok(Some(spec))
 }
 
 /// A text tokenizer plus the special-token facts serving needs.
@@ -396,7 +308,7 @@ impl Tokenizer {
             })?;
 
         let config = match tokenizer_config_json {
-            Some(path) => Some(HfConfig::read(path)?),
+            Some(path) => Some(TokenizerConfig::read(path)?),
             None => None,
         };
         let config_path = tokenizer_config_json.unwrap_or(tokenizer_json);
@@ -639,116 +551,6 @@ struct Parts {
     chat_template: Option<String>,
 }
 
-/// The fields of a Hugging Face `tokenizer_config.json` we use.
-struct HfConfig {
-    bos: Option<String>,
-    eos: Option<String>,
-    pad: Option<String>,
-    add_bos: Option<bool>,
-    add_eos: Option<bool>,
-    chat_template: Option<String>,
-}
-
-impl HfConfig {
-    fn read(path: &Path) -> Result<HfConfig, TokenizerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |problem: String| TokenizerError::BadConfig {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let object = json
-            .as_object()
-            .ok_or_else(|| bad("expected a JSON object at the top level".to_owned()))?;
-
-        // A special token is written as a string or as an AddedToken object {"content": ...}.
-        let token = |field: &str| -> Result<Option<String>, TokenizerError> {
-            match object.get(field) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(serde_json::Value::Object(o)) => match o.get("content") {
-                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                    _ => Err(bad(format!(
-                        "`{field}` is an object without a string `content`"
-                    ))),
-                },
-                Some(other) => Err(bad(format!(
-                    "`{field}` must be a string or {{\"content\": ...}}, found {other}"
-                ))),
-            }
-        };
-        let flag = |field: &str| -> Result<Option<bool>, TokenizerError> {
-            match object.get(field) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
-                Some(other) => Err(bad(format!(
-                    "`{field}` must be true or false, found {other}"
-                ))),
-            }
-        };
-        let chat_template = match object.get("chat_template") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(named)) => {
-                let mut templates = Vec::with_capacity(named.len());
-                for entry in named {
-                    let name = entry.get("name").and_then(serde_json::Value::as_str);
-                    let template = entry.get("template").and_then(serde_json::Value::as_str);
-                    match (name, template) {
-                        (Some(name), Some(template)) => templates.push((name, template)),
-                        _ => {
-                            return Err(bad(
-                                "`chat_template` list entries must be {\"name\": string, \
-                                 \"template\": string}"
-                                    .to_owned(),
-                            ));
-                        }
-                    }
-                }
-                match templates.iter().find(|(name, _)| *name == "default") {
-                    Some((_, template)) => Some((*template).to_owned()),
-                    None => {
-                        let names: Vec<&str> = templates.iter().map(|(name, _)| *name).collect();
-                        return Err(bad(format!(
-                            "`chat_template` is a list without a `default` entry (has: {})",
-                            names.join(", ")
-                        )));
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(bad(format!(
-                    "`chat_template` must be a string or a list of named templates, found {}",
-                    json_kind(other)
-                )));
-            }
-        };
-        Ok(HfConfig {
-            bos: token("bos_token")?,
-            eos: token("eos_token")?,
-            pad: token("pad_token")?,
-            add_bos: flag("add_bos_token")?,
-            add_eos: flag("add_eos_token")?,
-            chat_template,
-        })
-    }
-}
-
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "a list",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
 /// A tiny byte-level tokenizer built through [`Tokenizer::from_gguf`] from an in-memory GGUF,
 /// for unit tests elsewhere in the crate.
 #[cfg(test)]
@@ -847,15 +649,6 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_supported_pre_type_builds() {
-        for pre in SUPPORTED_PRE_TYPES {
-            let spec = pre_tokenizer_spec(pre);
-            assert!(matches!(spec, Ok(Some(_))), "{pre} does not build");
-        }
-        assert!(matches!(pre_tokenizer_spec("falcon"), Ok(None)));
-    }
 
     #[test]
     fn tiny_tokenizer_encodes_and_decodes() -> Result<(), TokenizerError> {
