@@ -18,6 +18,8 @@
 //! Each test owns its MLX arrays on its own thread (one test per variant).
 
 mod common;
+#[path = "common/tiny.rs"]
+mod tiny;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,7 @@ use mlx_serve::model::weights::WeightMode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tiny::{hashes, unit};
 
 const NEAR_TIE: f32 = 0.02;
 /// Max |logit difference| to mlx-lm with f32 weights (logits are O(1..10)).
@@ -91,33 +94,7 @@ fn fixture() -> Fixture {
 }
 
 // ------------------------------------------------------------------------------ formula
-// The weight formula of scripts/reference/tiny_models.py: integer hashing and IEEE basic
-// operations only, so both sides agree bit for bit.
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-fn fnv1a64(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, byte| {
-        (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
-
-fn hashes(name: &str, count: usize) -> impl Iterator<Item = u64> {
-    let seed = fnv1a64(name);
-    (0..count as u64).map(move |i| {
-        let mut z = seed.wrapping_add((i + 1).wrapping_mul(GOLDEN));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
-}
-
-/// Float64 values in [-1, 1), exactly.
-fn unit(name: &str, count: usize) -> Vec<f64> {
-    hashes(name, count)
-        .map(|h| (h >> 11) as f64 * (2.0 / 9_007_199_254_740_992.0) - 1.0)
-        .collect()
-}
+// The weight formula of scripts/reference/tiny_models.py (hashing in tests/common/tiny.rs).
 
 enum Data {
     F32(Vec<f32>),

@@ -150,6 +150,26 @@ pub fn tensors(
                 None
             };
             if let Some(heads) = heads {
+                // Checked before the reshape, which would otherwise fail with an MLX error
+                // naming no tensor. The error names the tensor as the file does (MLX's
+                // `.scales`/`.biases` come from its `.weight`).
+                let rows = heads * config.head_dim;
+                if tensor.shape().first() != Some(&(rows as i32)) {
+                    let stem = name
+                        .rsplit_once('.')
+                        .map_or(name.as_str(), |(stem, _)| stem);
+                    let suffix = if hf.ends_with(".bias") {
+                        "bias"
+                    } else {
+                        "weight"
+                    };
+                    return Err(ModelError::TensorShape {
+                        source_name: path.display().to_string(),
+                        name: format!("{stem}.{suffix}"),
+                        expected: format!("[{rows}, ..] ({heads} heads of {})", config.head_dim),
+                        found: format!("[{}, ..]", tensor.shape().first().copied().unwrap_or(0)),
+                    });
+                }
                 tensor = unpermute_rope_rows(&tensor, heads)?;
             }
         }
