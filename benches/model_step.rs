@@ -15,13 +15,12 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mlx_rs::Dtype;
 use mlx_rs::io::GgufFile;
+use mlx_serve::config::DEFAULT_MODEL;
 use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
 use mlx_serve::model::gguf;
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use mlx_serve::model::llama::LlamaModel;
 use mlx_serve::model::weights::WeightMode;
-
-const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn load_model() -> LlamaModel {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
@@ -90,6 +89,7 @@ impl Setup {
             self.block_size,
             config.num_blocks,
             model.config().context_length,
+            model.config().vocab_size,
         )
         .expect("plan");
         model.forward(&plan, &mut self.cache).expect("forward");

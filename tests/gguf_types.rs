@@ -908,6 +908,7 @@ fn first_logits(model: &LlamaModel, prompt: &[u32]) -> Vec<f32> {
         kv.block_size,
         kv.num_blocks,
         model.config().context_length,
+        model.config().vocab_size,
     )
     .expect("plan");
     let logits = model.forward(&plan, &mut cache).expect("forward");

@@ -387,11 +387,62 @@ fn broken_model_files_are_errors_not_panics() {
             "{err}"
         );
 
+        // A weight the configuration does not account for (here: an MLP bias) is refused
+        // rather than silently ignored.
+        write_config(&config);
+        let index_path = folder.join("model.safetensors.index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+        let bias = Array::from_slice(&[0f32; 1536], &[1536]);
+        Array::save_safetensors(
+            [("model.layers.0.mlp.up_proj.bias", &bias)],
+            None,
+            folder.join("extra.safetensors"),
+        )
+        .unwrap();
+        index["weight_map"]["model.layers.0.mlp.up_proj.bias"] = json!("extra.safetensors");
+        std::fs::write(&index_path, index.to_string()).unwrap();
+        let err = load(ModelSource::Folder(folder.clone()));
+        assert!(
+            matches!(&err, ModelError::UnusedTensors { examples, .. } if examples.contains("up_proj.bias")),
+            "{err}"
+        );
+
+        // Quantization settings MLX cannot unpack, or another quantization method.
+        let quant = dir.join("quant");
+        std::fs::create_dir_all(&quant).unwrap();
+        write_hf_folder(&quant, true);
+        let quant_config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(quant.join("config.json")).unwrap())
+                .unwrap();
+        let mut zero_group = quant_config.clone();
+        zero_group["quantization"] = json!({"group_size": 0, "bits": 4});
+        std::fs::write(quant.join("config.json"), zero_group.to_string()).unwrap();
+        let err = load(ModelSource::Folder(quant.clone()));
+        assert!(err.to_string().contains("no usable"), "{err}");
+        let mut awq = quant_config.clone();
+        awq["quantization"] = json!({"quant_method": "awq", "group_size": 128, "bits": 4});
+        std::fs::write(quant.join("config.json"), awq.to_string()).unwrap();
+        let err = load(ModelSource::Folder(quant.clone()));
+        assert!(err.to_string().contains("`awq` is not supported"), "{err}");
+
         std::fs::write(folder.join("config.json"), "{ not json").unwrap();
         let err = load(ModelSource::Folder(folder.clone()));
         assert!(err.to_string().contains("not valid JSON"), "{err}");
 
-        let err = ModelSource::parse("/definitely/not/here.gguf").unwrap_err();
-        assert!(matches!(err, ModelError::NotFound { .. }), "{err}");
+        // Missing paths stay paths: the default model's relative path (models/ exists) and
+        // anything with a model-file extension are never taken for Hub ids.
+        for missing in [
+            "/definitely/not/here.gguf",
+            "models/does-not-exist.gguf",
+            "nowhere/model.safetensors",
+            "./org/name",
+        ] {
+            let err = ModelSource::parse(missing).unwrap_err();
+            assert!(
+                matches!(err, ModelError::NotFound { .. }),
+                "{missing}: {err}"
+            );
+        }
     });
 }

@@ -9,11 +9,10 @@
 
 mod common;
 
+use common::ReferenceRun;
 use mlx_serve::model::greedy::{self, BlockLayout, GreedyOptions, GreedyOutput, GreedyRequest};
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use serde::Deserialize;
-
-const NEAR_TIE: f32 = 0.02;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -26,6 +25,7 @@ struct ReferencePrompt {
     name: String,
     prompt_ids: Vec<u32>,
     output_ids: Vec<u32>,
+    runner_up_ids: Vec<u32>,
     margins: Vec<f32>,
 }
 
@@ -35,38 +35,29 @@ fn fixture() -> Fixture {
     serde_json::from_str(&text).expect("parse fixture")
 }
 
-/// Asserts `got` follows the reference under the numerics rule; returns how many leading
-/// tokens are identical.
+/// `got` (of length `len`) against the fixture under the numerics rule.
 fn assert_follows_reference(
     what: &str,
     got: &[u32],
     reference: &ReferencePrompt,
     len: usize,
 ) -> usize {
-    let expected = &reference.output_ids[..len];
     assert_eq!(
         got.len(),
         len,
         "{what}: generated {} tokens, expected {len}",
         got.len()
     );
-    match got.iter().zip(expected).position(|(a, b)| a != b) {
-        None => len,
-        Some(step) => {
-            let margin = reference.margins[step];
-            assert!(
-                margin < NEAR_TIE,
-                "{what} ({}): token {step} is {} but mlx-lm chose {} with a clear margin of \
-                 {margin:.4} (>= {NEAR_TIE}); ours so far {:?}, reference {:?}",
-                reference.name,
-                got[step],
-                expected[step],
-                &got[..=step],
-                &expected[..=step],
-            );
-            step
-        }
-    }
+    common::assert_follows_reference(
+        what,
+        got,
+        &ReferenceRun {
+            name: &reference.name,
+            ids: &reference.output_ids,
+            runner_ups: &reference.runner_up_ids,
+            margins: &reference.margins,
+        },
+    )
 }
 
 fn run(

@@ -37,7 +37,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tiny::{hashes, unit};
 
-const NEAR_TIE: f32 = 0.02;
 /// Max |logit difference| to mlx-lm with f32 weights (logits are O(1..10)).
 const LOGITS_TOLERANCE: f64 = 1e-4;
 /// The same with quantized weights and f16 activations (mlx-lm runs f32 activations).
@@ -83,6 +82,7 @@ struct Variant {
 struct Reference {
     prompt: String,
     output_ids: Vec<u32>,
+    runner_up_ids: Vec<u32>,
     margins: Vec<f32>,
     first_logits: Vec<f64>,
 }
@@ -475,6 +475,7 @@ fn prefill_logits(model: &LlamaModel, prompts: &[&[u32]]) -> Vec<Vec<f32>> {
         kv.block_size,
         kv.num_blocks,
         model.config().context_length,
+        model.config().vocab_size,
     )
     .expect("plan");
     let logits = model.forward(&plan, &mut cache).expect("forward");
@@ -497,24 +498,17 @@ fn max_abs_diff(got: &[f32], want: &[f64]) -> f64 {
 
 /// The numerics rule; returns how many leading tokens are identical.
 fn assert_follows_reference(what: &str, got: &[u32], reference: &Reference) -> usize {
-    let expected = &reference.output_ids;
-    assert_eq!(got.len(), expected.len(), "{what}: token count");
-    match got.iter().zip(expected).position(|(a, b)| a != b) {
-        None => expected.len(),
-        Some(step) => {
-            let margin = reference.margins[step];
-            assert!(
-                margin < NEAR_TIE,
-                "{what}: token {step} is {} but mlx-lm chose {} with a clear margin of \
-                 {margin:.4} (>= {NEAR_TIE}); ours {:?}, mlx-lm {:?}",
-                got[step],
-                expected[step],
-                &got[..=step],
-                &expected[..=step],
-            );
-            step
-        }
-    }
+    assert_eq!(got.len(), reference.output_ids.len(), "{what}: token count");
+    common::assert_follows_reference(
+        what,
+        got,
+        &common::ReferenceRun {
+            name: &reference.prompt,
+            ids: &reference.output_ids,
+            runner_ups: &reference.runner_up_ids,
+            margins: &reference.margins,
+        },
+    )
 }
 
 fn check_variant(name: &str) {

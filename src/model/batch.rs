@@ -7,7 +7,7 @@
 //! positions and key locations that needs, so the MLX side only reads and writes, and so the
 //! bookkeeping can be tested without MLX.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// One sequence's share of a forward step.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +29,8 @@ pub struct SequenceChunk<'a> {
 pub enum BatchError {
     #[error("a forward step needs at least one sequence")]
     Empty,
+    #[error("the block size must be at least one token")]
+    ZeroBlockSize,
     #[error("sequence {seq} has no tokens to run")]
     EmptyChunk { seq: usize },
     #[error("sequence {seq} needs {needed} blocks for {len} tokens but its table has {have}")]
@@ -48,6 +50,18 @@ pub enum BatchError {
         "sequence {seq} would write KV slot {slot}, which another sequence in the step also writes"
     )]
     SharedWriteSlot { seq: usize, slot: usize },
+    #[error("sequence {seq} writes into block {block}, which sequence {reader} also reads")]
+    SharedWriteBlock {
+        seq: usize,
+        block: u32,
+        reader: usize,
+    },
+    #[error("sequence {seq} has token id {token}, outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        seq: usize,
+        token: u32,
+        vocab: usize,
+    },
     #[error("sequence {seq} would reach position {len}, past the context length {context}")]
     PastContext {
         seq: usize,
@@ -87,21 +101,29 @@ pub struct BatchPlan {
     pub positions: Vec<i32>,
     /// `[N]` the pool slot (`block * block_size + offset`) each new token's K/V goes to.
     pub slots: Vec<i32>,
+    /// The pool geometry the plan was checked against; the forward pass refuses a plan
+    /// made for another pool.
     pub block_size: usize,
+    pub num_blocks: usize,
     /// Per sequence, in input order.
     pub sequences: Vec<SequencePlan>,
 }
 
 impl BatchPlan {
-    /// Plans a step. `num_blocks` is the pool size, `context` the model's context length.
+    /// Plans a step over a pool of `num_blocks` blocks of `block_size` tokens, for a model
+    /// with `context` positions and `vocab` token ids.
     pub fn new(
         chunks: &[SequenceChunk<'_>],
         block_size: usize,
         num_blocks: usize,
         context: usize,
+        vocab: usize,
     ) -> Result<Self, BatchError> {
         if chunks.is_empty() {
             return Err(BatchError::Empty);
+        }
+        if block_size == 0 {
+            return Err(BatchError::ZeroBlockSize);
         }
         let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let mut token_ids = Vec::with_capacity(total);
@@ -109,6 +131,8 @@ impl BatchPlan {
         let mut slots = Vec::with_capacity(total);
         let mut sequences = Vec::with_capacity(chunks.len());
         let mut written = HashSet::with_capacity(total);
+        // Which sequence writes into each block this step.
+        let mut writers: HashMap<u32, usize> = HashMap::new();
 
         for (seq, chunk) in chunks.iter().enumerate() {
             if chunk.tokens.is_empty() {
@@ -135,9 +159,13 @@ impl BatchPlan {
                     num_blocks,
                 });
             }
+            if let Some(&token) = chunk.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(BatchError::TokenOutOfRange { seq, token, vocab });
+            }
             let token_offset = token_ids.len();
             for (i, &token) in chunk.tokens.iter().enumerate() {
                 let position = chunk.cached + i;
+                writers.insert(table[position / block_size], seq);
                 let block = table[position / block_size] as usize;
                 let slot = block * block_size + position % block_size;
                 if !written.insert(slot) {
@@ -163,11 +191,23 @@ impl BatchPlan {
             });
         }
 
+        // A block one sequence writes must not be read by another in the same step: the
+        // write lands before the read.
+        for (reader, chunk) in chunks.iter().enumerate() {
+            let needed = (chunk.cached + chunk.tokens.len()).div_ceil(block_size);
+            for &block in &chunk.block_table[..needed] {
+                if let Some(&seq) = writers.get(&block).filter(|&&w| w != reader) {
+                    return Err(BatchError::SharedWriteBlock { seq, block, reader });
+                }
+            }
+        }
+
         Ok(BatchPlan {
             token_ids,
             positions,
             slots,
             block_size,
+            num_blocks,
             sequences,
         })
     }
@@ -212,7 +252,7 @@ mod tests {
                 block_table: &[5, 6, 7],
             },
         ];
-        let plan = BatchPlan::new(&chunks, 4, 16, 100).unwrap();
+        let plan = BatchPlan::new(&chunks, 4, 16, 100, 10).unwrap();
         assert_eq!(plan.token_ids, vec![7, 1, 2, 3, 8]);
         assert_eq!(plan.positions, vec![5, 0, 1, 2, 4]);
         // Position 5 lives in the second block (2) at offset 1; position 4 of sequence 2
@@ -248,7 +288,7 @@ mod tests {
 
     #[test]
     fn refuses_inconsistent_batches() {
-        let plan = |chunks: &[SequenceChunk<'_>]| BatchPlan::new(chunks, 4, 8, 16);
+        let plan = |chunks: &[SequenceChunk<'_>]| BatchPlan::new(chunks, 4, 8, 16, 100);
         assert_eq!(plan(&[]).unwrap_err(), BatchError::Empty);
         let short = SequenceChunk {
             tokens: &[1, 2],
@@ -277,6 +317,38 @@ mod tests {
             plan(&[a, a]).unwrap_err(),
             BatchError::SharedWriteSlot { seq: 1, slot: 14 }
         ));
+        // Sequence 1 appends into block 3, which sequence 0 (sharing the prefix) reads.
+        let reader = SequenceChunk {
+            tokens: &[1],
+            cached: 4,
+            block_table: &[3, 5],
+        };
+        let writer = SequenceChunk {
+            tokens: &[2],
+            cached: 3,
+            block_table: &[3],
+        };
+        assert!(matches!(
+            plan(&[reader, writer]).unwrap_err(),
+            BatchError::SharedWriteBlock {
+                seq: 1,
+                block: 3,
+                reader: 0
+            }
+        ));
+        let unknown_token = SequenceChunk {
+            tokens: &[100],
+            cached: 0,
+            block_table: &[0],
+        };
+        assert!(matches!(
+            plan(&[unknown_token]).unwrap_err(),
+            BatchError::TokenOutOfRange { token: 100, .. }
+        ));
+        assert_eq!(
+            BatchPlan::new(&[unknown_token], 0, 8, 16, 1000).unwrap_err(),
+            BatchError::ZeroBlockSize
+        );
         let long = SequenceChunk {
             tokens: &[1; 5],
             cached: 12,

@@ -546,9 +546,9 @@ mod tests {
         let text = template.render(&[], false, Some(&tools))?;
         assert_eq!(
             text,
-            "{\"function\": {\"description\": \"Météo <now> \\\"quoted\\\"\\n\", \
-\"name\": \"get_weather\", \"parameters\": {\"k\": 3, \"n\": 1.0, \"ok\": true, \
-\"required\": [\"city\"], \"x\": null}}, \"type\": \"function\"}\n"
+            "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \
+\"description\": \"Météo <now> \\\"quoted\\\"\\n\", \"parameters\": {\"required\": \
+[\"city\"], \"n\": 1.0, \"k\": 3, \"ok\": true, \"x\": null}}}\n"
         );
         let pretty = ChatTemplate::new(Some("{{ tools[0] | tojson(indent=2) }}"), None, None)?
             .render(

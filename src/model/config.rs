@@ -211,7 +211,7 @@ pub struct HfConfig {
     pub rope_theta: f32,
     pub rope_scaling: Option<serde_json::Value>,
     pub max_position_embeddings: Option<usize>,
-    /// Absent means tied when the checkpoint has no `lm_head.weight` (what mlx-lm does).
+    /// Absent: decided by the weights (see `HfFolder::load`).
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
 }
@@ -258,11 +258,10 @@ impl HfConfig {
             rope_theta: self.rope_theta,
             rope_scaling,
             context_length: self.max_position_embeddings.unwrap_or(4096),
-            // The model uses `lm_head.weight` whenever the checkpoint has one.
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
-            attention_bias: self
-                .attention_bias
-                .unwrap_or(architecture == Architecture::Qwen2),
+            // Qwen2 always has q/k/v biases (whatever the flag says, as in mlx-lm).
+            attention_bias: architecture == Architecture::Qwen2
+                || self.attention_bias.unwrap_or(false),
             output_bias: architecture != Architecture::Qwen2
                 && self.attention_bias.unwrap_or(false),
             qk_norm: architecture == Architecture::Qwen3,

@@ -33,6 +33,15 @@ pub enum ModelError {
     InvalidConfig { path: PathBuf, problem: String },
     #[error("{source_name}: tensor `{name}` is missing")]
     MissingTensor { source_name: String, name: String },
+    #[error(
+        "{source_name}: {count} tensors are not used by the configured model (e.g. {examples}); \
+         config.json does not describe these weights"
+    )]
+    UnusedTensors {
+        source_name: String,
+        count: usize,
+        examples: String,
+    },
     #[error("{source_name}: tensor `{name}` has shape {found}, expected {expected}")]
     TensorShape {
         source_name: String,
@@ -56,6 +65,8 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("KV cache: {0}")]
+    KvCache(String),
     #[error("MLX error: {0}")]
     Mlx(#[from] Exception),
     #[error("invalid batch: {0}")]

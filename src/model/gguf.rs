@@ -125,7 +125,7 @@ pub fn tensors(
                 .map(|w| w.dim(-1));
             let groups = tensor.dim(-1);
             let bits = weight_cols.map(|cols| cols / groups.max(1)).unwrap_or(0);
-            if ![2, 3, 4, 5, 6, 8].contains(&bits) {
+            if !QuantSpec::BITS.contains(&bits) {
                 return Err(ModelError::TensorShape {
                     source_name: path.display().to_string(),
                     name,

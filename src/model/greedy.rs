@@ -96,14 +96,11 @@ pub fn generate(
         }
     }
     if next_block as usize > kv.num_blocks {
-        return Err(ModelError::InvalidConfig {
-            path: "greedy harness".into(),
-            problem: format!(
-                "{} requests need {next_block} blocks, the pool has {}",
-                requests.len(),
-                kv.num_blocks
-            ),
-        });
+        return Err(ModelError::KvCache(format!(
+            "{} sequences need {next_block} blocks, the pool has {}",
+            requests.len(),
+            kv.num_blocks
+        )));
     }
 
     let mut outputs = vec![
@@ -152,7 +149,13 @@ pub fn generate(
                 block_table: &tables[i],
             })
             .collect();
-        let plan = BatchPlan::new(&chunks, kv.block_size, kv.num_blocks, context)?;
+        let plan = BatchPlan::new(
+            &chunks,
+            kv.block_size,
+            kv.num_blocks,
+            context,
+            model.config().vocab_size,
+        )?;
         let logits = model.forward(&plan, cache)?;
         let logits = logits.as_slice::<f32>();
         let vocab = model.config().vocab_size;

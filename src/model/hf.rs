@@ -20,6 +20,8 @@ pub struct HfFolder {
     pub weight_files: Vec<PathBuf>,
     /// `quantization` (or `quantization_config`) from config.json, when present.
     quantization: Option<Value>,
+    /// config.json states `tie_word_embeddings` (otherwise the weights decide).
+    tie_stated: bool,
 }
 
 impl HfFolder {
@@ -42,44 +44,68 @@ impl HfFolder {
         let quantization = raw
             .get("quantization")
             .or_else(|| raw.get("quantization_config"))
-            .filter(|q| q.get("bits").is_some())
             .cloned();
+        if let Some(method) = quantization
+            .as_ref()
+            .and_then(|q| q.get("quant_method").or_else(|| q.get("mode")))
+            .and_then(Value::as_str)
+            .filter(|method| *method != "affine" && *method != "mlx")
+        {
+            return Err(ModelError::InvalidConfig {
+                path: config_path,
+                problem: format!(
+                    "quantization method `{method}` is not supported (only MLX affine \
+                     group quantization: weight + scales + biases)"
+                ),
+            });
+        }
         let weight_files = weight_files(dir)?;
         Ok(HfFolder {
             dir: dir.to_path_buf(),
             config,
             weight_files,
             quantization,
+            tie_stated: raw
+                .get("tie_word_embeddings")
+                .is_some_and(Value::is_boolean),
         })
     }
 
     /// Loads every weight file into one map (lazily: arrays materialise when the model is
-    /// built). Quantized tensors get their group size and bits from the config, honouring
-    /// per-module overrides (`"model.layers.0.mlp.down_proj": {"bits": 8, ...}`).
-    pub fn tensors(&self) -> Result<TensorMap, ModelError> {
+    /// built) and returns it with the final config. Quantized tensors get their group size
+    /// and bits from the config, honouring per-module overrides
+    /// (`"model.layers.0.mlp.down_proj": {"bits": 8, ...}`). When config.json does not say
+    /// whether embeddings are tied, they are tied exactly when there is no
+    /// `lm_head.weight` (transformers' default is untied, mlx-lm's tied; the weights settle
+    /// it).
+    pub fn load(&self) -> Result<(ModelConfig, TensorMap), ModelError> {
         let mut map = TensorMap::new(self.dir.display().to_string());
         for file in &self.weight_files {
             let tensors = Array::load_safetensors(file).map_err(|e| ModelError::InvalidConfig {
                 path: file.clone(),
-                problem: format!("cannot read safetensors: {e}"),
+                problem: format!("not a readable safetensors file: {e}"),
             })?;
             for (name, tensor) in tensors {
                 if let Some(prefix) = name.strip_suffix(".scales") {
-                    let spec = self.quant_spec(prefix).ok_or_else(|| {
-                        ModelError::InvalidConfig {
-                            path: self.dir.join("config.json"),
-                            problem: format!(
-                                "tensor {name} is quantized but config.json has no `quantization` \
-                             with group_size and bits"
-                            ),
-                        }
-                    })?;
+                    let spec =
+                        self.quant_spec(prefix)
+                            .ok_or_else(|| ModelError::InvalidConfig {
+                                path: self.dir.join("config.json"),
+                                problem: format!(
+                                    "tensor {name} is quantized but config.json has no usable \
+                             `quantization` for it (group_size > 0, bits 2..=8)"
+                                ),
+                            })?;
                     map.set_quant(prefix.to_owned(), spec);
                 }
                 map.insert(name, tensor);
             }
         }
-        Ok(map)
+        let mut config = self.config.clone();
+        if !self.tie_stated {
+            config.tie_word_embeddings = !map.contains("lm_head.weight");
+        }
+        Ok((config, map))
     }
 
     fn quant_spec(&self, prefix: &str) -> Option<QuantSpec> {
@@ -95,10 +121,11 @@ impl HfFolder {
                 .and_then(Value::as_i64)
                 .and_then(|v| i32::try_from(v).ok())
         };
-        Some(QuantSpec {
+        let spec = QuantSpec {
             group_size: field("group_size")?,
             bits: field("bits")?,
-        })
+        };
+        spec.is_valid().then_some(spec)
     }
 }
 

@@ -21,10 +21,11 @@
 //! axes) keeps the same slot addressing.
 
 use mlx_rs::error::Exception;
-use mlx_rs::ops::indexing::{IndexOp, scatter_single, take_axis};
+use mlx_rs::ops::indexing::{TryIndexOp, scatter_single, take_axis};
 use mlx_rs::ops::zeros_dtype;
 use mlx_rs::{Array, Dtype};
 
+use super::ModelError;
 use super::batch::KeyLocation;
 use super::config::ModelConfig;
 
@@ -49,7 +50,8 @@ impl KvCacheConfig {
             return Err("block size must be at least 1".to_owned());
         }
         let per_block = Self::bytes_per_block(block_size, model, dtype);
-        let num_blocks = budget_bytes / per_block;
+        // Slot indices are 32-bit in MLX: cap the pool there rather than wrap.
+        let num_blocks = (budget_bytes / per_block).min(i32::MAX as usize / block_size);
         if num_blocks == 0 {
             return Err(format!(
                 "a KV budget of {budget_bytes} bytes holds no block: one block of {block_size} \
@@ -65,6 +67,25 @@ impl KvCacheConfig {
     /// Bytes one block occupies across all layers (keys and values).
     pub fn bytes_per_block(block_size: usize, model: &ModelConfig, dtype: Dtype) -> usize {
         block_size * model.num_layers * model.kv_bytes_per_token_per_layer(dtype_bytes(dtype))
+    }
+
+    /// Checks the geometry: at least one block of at least one token, and every slot
+    /// addressable with MLX's 32-bit indices.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.block_size == 0 || self.num_blocks == 0 {
+            return Err(format!(
+                "the KV pool needs at least one block of at least one token \
+                 (got {} blocks of {})",
+                self.num_blocks, self.block_size
+            ));
+        }
+        match self.num_blocks.checked_mul(self.block_size) {
+            Some(slots) if slots <= i32::MAX as usize => Ok(()),
+            _ => Err(format!(
+                "{} blocks of {} tokens exceed the 2^31 slots MLX can index",
+                self.num_blocks, self.block_size
+            )),
+        }
     }
 
     pub fn total_tokens(&self) -> usize {
@@ -97,11 +118,13 @@ pub struct PagedKvCache {
 impl PagedKvCache {
     /// Allocates (and materialises) the whole pool up front, so memory use is fixed from
     /// start-up on.
+    /// Fails when the geometry is empty or too large for MLX's 32-bit indices.
     pub fn new(
         config: KvCacheConfig,
         model: &ModelConfig,
         dtype: Dtype,
-    ) -> Result<Self, Exception> {
+    ) -> Result<Self, ModelError> {
+        config.validate().map_err(ModelError::KvCache)?;
         let slots = (config.num_blocks * config.block_size) as i32;
         let kv_heads = model.num_kv_heads as i32;
         let head_dim = model.head_dim as i32;
@@ -145,13 +168,16 @@ impl PagedKvCache {
         let n = slots.dim(0);
         // scatter along the slot axis wants `[N, kv_heads, 1, head_dim]`.
         let update_shape = [n, self.kv_heads, 1, self.head_dim];
+        let keys = keys.reshape(&update_shape)?;
+        let values = values.reshape(&update_shape)?;
         let entry = &mut self.layers[layer];
-        // Move the old arrays out so the scatter holds their only reference and MLX can
-        // donate the buffer instead of copying the pool.
-        let old_keys = std::mem::replace(&mut entry.keys, Array::from_int(0));
-        entry.keys = scatter_single(old_keys, slots, keys.reshape(&update_shape)?, 1)?;
-        let old_values = std::mem::replace(&mut entry.values, Array::from_int(0));
-        entry.values = scatter_single(old_values, slots, values.reshape(&update_shape)?, 1)?;
+        // Both scatters are built before either array is replaced, so an error leaves the
+        // pool as it was. Assigning drops our handle to the old array: by evaluation time
+        // the scatter holds its only reference and MLX reuses the buffer in place.
+        let new_keys = scatter_single(&entry.keys, slots, &keys, 1)?;
+        let new_values = scatter_single(&entry.values, slots, &values, 1)?;
+        entry.keys = new_keys;
+        entry.values = new_values;
         Ok(())
     }
 
@@ -169,7 +195,7 @@ impl PagedKvCache {
             let keys = match location {
                 KeyLocation::Run { first_slot } => {
                     let first = *first_slot as i32;
-                    pool.index((.., first..first + len, ..))
+                    pool.try_index((.., first..first + len, ..))?
                 }
                 KeyLocation::Blocks(blocks) => {
                     let block_size = self.config.block_size as i32;
@@ -186,7 +212,7 @@ impl PagedKvCache {
                         1,
                     )?
                     .reshape(&[self.kv_heads, count * block_size, self.head_dim])?
-                    .index((.., ..len, ..))
+                    .try_index((.., ..len, ..))?
                 }
             };
             keys.expand_dims(0)

@@ -11,7 +11,7 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
-use mlx_rs::ops::indexing::{IndexOp, take_axis};
+use mlx_rs::ops::indexing::{TryIndexOp, take_axis};
 use mlx_rs::ops::{add, concatenate, multiply};
 use mlx_rs::{Array, Dtype};
 
@@ -136,11 +136,16 @@ impl LlamaModel {
             layers.push(layer);
         }
         let norm = tensors.vector("model.norm.weight", hidden, mode)?;
-        let lm_head = if c.tie_word_embeddings && !tensors.contains("lm_head.weight") {
+        let lm_head = if c.tie_word_embeddings {
+            // Tied means tied, as in transformers and mlx-lm: a stored copy is ignored.
+            tensors.discard("lm_head");
             None
         } else {
             Some(tensors.linear("lm_head", c.vocab_size, hidden, false, mode)?)
         };
+        // Every stored weight must have been used: a leftover means the config describes
+        // another model (e.g. biases it does not mention) and outputs would be wrong.
+        tensors.expect_all_used()?;
         let rope_freqs = config
             .rope_freqs()
             .map(|freqs| Array::from_slice(&freqs, &[freqs.len() as i32]));
@@ -196,6 +201,13 @@ impl LlamaModel {
     /// `[B, vocab]` for the last new token of each sequence, in plan order. The step is
     /// evaluated before returning (together with the cache, which keeps its writes in place).
     pub fn forward(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, ModelError> {
+        let pool = cache.config();
+        if (plan.block_size, plan.num_blocks) != (pool.block_size, pool.num_blocks) {
+            return Err(ModelError::KvCache(format!(
+                "the step was planned for {} blocks of {} tokens, the pool has {} of {}",
+                plan.num_blocks, plan.block_size, pool.num_blocks, pool.block_size
+            )));
+        }
         let logits = self.forward_lazy(plan, cache)?;
         let mut outputs = cache.arrays();
         outputs.push(&logits);
@@ -246,7 +258,7 @@ impl LlamaModel {
             for seq in &plan.sequences {
                 let (offset, len) = (seq.token_offset as i32, seq.chunk_len as i32);
                 let queries = q
-                    .index(offset..offset + len)
+                    .try_index(offset..offset + len)?
                     .transpose_axes(&[1, 0, 2])?
                     .expand_dims(0)?;
                 let (keys, values) = cache.sequence(index, &seq.keys, seq.kv_len)?;

@@ -31,14 +31,27 @@ pub enum ModelSource {
 
 impl ModelSource {
     /// Interprets a `--model` value: an existing file or folder wins; otherwise an
-    /// `org/name` id; otherwise it is a missing path.
+    /// `org/name` id, unless it looks like a path (a file extension such as `.gguf`, a
+    /// leading `.` or `/`, or a first component that is an existing folder, like the
+    /// default `models/...`); otherwise it is a missing path.
     pub fn parse(spec: &str) -> Result<Self, ModelError> {
         let path = Path::new(spec);
         if path.is_file() {
-            Ok(ModelSource::Gguf(path.to_path_buf()))
-        } else if path.is_dir() {
-            Ok(ModelSource::Folder(path.to_path_buf()))
-        } else if hub::is_model_id(spec) {
+            return Ok(ModelSource::Gguf(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            return Ok(ModelSource::Folder(path.to_path_buf()));
+        }
+        let path_like = spec.starts_with('.')
+            || spec.starts_with('/')
+            || [".gguf", ".safetensors", ".json", ".bin"]
+                .iter()
+                .any(|ext| spec.ends_with(ext))
+            || spec
+                .split('/')
+                .next()
+                .is_some_and(|first| Path::new(first).is_dir());
+        if !path_like && hub::is_model_id(spec) {
             Ok(ModelSource::Hub(spec.to_owned()))
         } else {
             Err(ModelError::NotFound {
@@ -193,8 +206,8 @@ fn load_folder(
             .is_file()
             .then_some(tokenizer_config.as_path()),
     )?;
-    let mut tensors = folder.tensors()?;
-    let model = LlamaModel::from_tensors(folder.config.clone(), &mut tensors, weights)?;
+    let (config, mut tensors) = folder.load()?;
+    let model = LlamaModel::from_tensors(config, &mut tensors, weights)?;
     Ok((model, tokenizer, folder.weight_files))
 }
 

@@ -71,6 +71,16 @@ pub struct QuantSpec {
     pub bits: i32,
 }
 
+impl QuantSpec {
+    /// The bit widths MLX's affine quantization packs.
+    pub const BITS: [i32; 6] = [2, 3, 4, 5, 6, 8];
+
+    /// Whether MLX can unpack this at all (positive group size, supported width).
+    pub fn is_valid(&self) -> bool {
+        self.group_size > 0 && Self::BITS.contains(&self.bits)
+    }
+}
+
 /// Parameters by Hugging Face name, plus how quantized ones were packed.
 pub struct TensorMap {
     tensors: HashMap<String, Array>,
@@ -114,6 +124,36 @@ impl TensorMap {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Drops the tensor group `prefix` (`.weight`, and `.scales`/`.biases`/`.bias` if any).
+    pub fn discard(&mut self, prefix: &str) {
+        for suffix in ["weight", "scales", "biases", "bias"] {
+            self.tensors.remove(&format!("{prefix}.{suffix}"));
+        }
+        self.quant.remove(prefix);
+    }
+
+    /// Fails when tensors are left over after the model took what it needs (buffers such
+    /// as `rotary_emb.inv_freq`, which some checkpoints carry, do not count).
+    pub fn expect_all_used(&self) -> Result<(), ModelError> {
+        let mut unused: Vec<&str> = self
+            .tensors
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort_unstable();
+        let count = unused.len();
+        unused.truncate(5);
+        Err(ModelError::UnusedTensors {
+            source_name: self.source.clone(),
+            count,
+            examples: unused.join(", "),
+        })
     }
 
     fn take(&mut self, name: &str) -> Result<Array, ModelError> {
@@ -172,6 +212,15 @@ impl TensorMap {
             Some(spec) => {
                 let scales = self.take(&format!("{prefix}.scales"))?;
                 let biases = self.take(&format!("{prefix}.biases"))?;
+                if !spec.is_valid() || !in_features.is_multiple_of(spec.group_size.max(1) as usize)
+                {
+                    return Err(ModelError::TensorShape {
+                        source_name: self.source.clone(),
+                        name: weight_name,
+                        expected: format!("{in_features} inputs in whole quantization groups"),
+                        found: format!("group size {}, {} bits", spec.group_size, spec.bits),
+                    });
+                }
                 let packed = [out_features as i32, (in_features as i32 * spec.bits) / 32];
                 let groups = [out_features as i32, in_features as i32 / spec.group_size];
                 if weight.shape() != packed {

@@ -16,9 +16,7 @@ use mlx_serve::model::llama::LlamaModel;
 use mlx_serve::model::weights::WeightMode;
 
 pub fn default_model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(mlx_serve::config::DEFAULT_MODEL);
     assert!(
         path.is_file(),
         "the default model is missing at {}: run `make setup` (scripts/setup.sh) to install it",
@@ -79,4 +77,45 @@ pub fn with_model<R: Send + 'static>(job: impl FnOnce(&LlamaModel) -> R + Send +
     result_rx
         .recv()
         .expect("the job panicked on the model thread (see its message above)")
+}
+
+/// The project's numerics rule: a reference margin below this is a near-tie, where shape-
+/// dependent f32 rounding may legitimately pick the runner-up (docs/model-runtime.md).
+pub const NEAR_TIE: f32 = 0.02;
+
+/// mlx-lm's greedy choices for one prompt, as the fixtures record them.
+pub struct ReferenceRun<'a> {
+    pub name: &'a str,
+    pub ids: &'a [u32],
+    pub runner_ups: &'a [u32],
+    pub margins: &'a [f32],
+}
+
+/// Asserts `got` follows the reference under the numerics rule: identical up to the first
+/// divergence, which is allowed only at a near-tie and only onto the reference's runner-up.
+/// Returns how many leading tokens are identical.
+pub fn assert_follows_reference(what: &str, got: &[u32], reference: &ReferenceRun<'_>) -> usize {
+    let len = got.len();
+    assert!(
+        len <= reference.ids.len(),
+        "{what}: {len} tokens, the reference has fewer"
+    );
+    let expected = &reference.ids[..len];
+    let Some(step) = got.iter().zip(expected).position(|(a, b)| a != b) else {
+        return len;
+    };
+    let margin = reference.margins[step];
+    assert!(
+        margin < NEAR_TIE && got[step] == reference.runner_ups[step],
+        "{what} ({}): token {step} is {} but mlx-lm chose {} (runner-up {}) with a margin of \
+         {margin:.4}; divergence is allowed only onto the runner-up below {NEAR_TIE}; ours so \
+         far {:?}, reference {:?}",
+        reference.name,
+        got[step],
+        expected[step],
+        reference.runner_ups[step],
+        &got[..=step],
+        &expected[..=step],
+    );
+    step
 }
