@@ -19,7 +19,7 @@ run: setup
 test: setup
 	$(CARGO) test --release --workspace
 
-lint:
+lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -20,6 +20,7 @@ echo "== mlx-lm baseline" >&2
 "$PY" scripts/reference/bench_mlx_lm.py --json-out "$OUT/mlx_lm.json" | tee "$OUT/mlx_lm.txt"
 
 echo "== mlx-serve (cargo bench --bench model_step)" >&2
-cargo bench --bench model_step 2>&1 | tee "$OUT/mlx_serve.txt" \
-  | grep -E '^(prefill|decode|batched)|thrpt:' || true
+cargo bench --bench model_step > "$OUT/mlx_serve.txt" 2>&1 \
+  || { tail -n 30 "$OUT/mlx_serve.txt" >&2; echo "cargo bench failed" >&2; exit 1; }
+grep -E '^(prefill|decode|batched)|time:|thrpt:' "$OUT/mlx_serve.txt"
 echo "results in $OUT" >&2

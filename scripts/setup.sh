@@ -9,7 +9,8 @@
 #
 # Safe to rerun; prints nothing when everything is already in place.
 # Environment:
-#   MLX_BACKEND=cpu|cuda|metal  override the detected backend (cuda: Linux + NVIDIA GPU)
+#   MLX_BACKEND=cpu|cuda|metal  which MLX wheel (default: metal on macOS, cpu on Linux;
+#                               cuda = Linux + NVIDIA GPU, opt-in)
 #   SETUP_SKIP_MODEL=1          skip the model download
 set -euo pipefail
 
@@ -67,8 +68,17 @@ macos_tools() {
   "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON is missing"
 }
 
+RUST_MIN=1.88
 command -v cargo >/dev/null 2>&1 \
   || die "Rust is missing: install it with rustup (https://rustup.rs), then rerun"
+rust_version=$(rustc --version 2>/dev/null | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$RUST_MIN" "${rust_version:-0}" | sort -V | head -n 1)" != "$RUST_MIN" ]; then
+  die "Rust ${rust_version:-?} is too old: mlx-serve needs $RUST_MIN or newer (rustup update stable)"
+fi
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 \
+    || die "cargo $tool is missing: rustup component add $([ "$tool" = fmt ] && echo rustfmt || echo clippy)"
+done
 
 case "$OS" in
   Linux)
@@ -81,14 +91,12 @@ case "$OS" in
 esac
 
 # ---------------------------------------------------------------- 2. the MLX wheel
+# macOS: Metal. Linux: the CPU wheel, also on NVIDIA hosts unless MLX_BACKEND=cuda asks for
+# the CUDA wheel (it needs NVIDIA's runtime wheels and a driver, and is not what CI tests).
 if [ -z "${MLX_BACKEND:-}" ]; then
   case "$OS" in
     Darwin) MLX_BACKEND=metal ;;
-    *) if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
-         MLX_BACKEND=cuda
-       else
-         MLX_BACKEND=cpu
-       fi ;;
+    *) MLX_BACKEND=cpu ;;
   esac
 fi
 case "$MLX_BACKEND" in

@@ -286,12 +286,26 @@ fn parse_hf_rope_scaling(value: &serde_json::Value) -> Result<Option<RopeScaling
     };
     match kind {
         "default" => Ok(None),
-        "llama3" => Ok(Some(RopeScaling::Llama3(Llama3RopeScaling {
-            factor: number("factor")?,
-            low_freq_factor: number("low_freq_factor")?,
-            high_freq_factor: number("high_freq_factor")?,
-            original_max_position_embeddings: number("original_max_position_embeddings")?,
-        }))),
+        "llama3" => {
+            let scaling = Llama3RopeScaling {
+                factor: number("factor")?,
+                low_freq_factor: number("low_freq_factor")?,
+                high_freq_factor: number("high_freq_factor")?,
+                original_max_position_embeddings: number("original_max_position_embeddings")?,
+            };
+            // The interpolation divides by their difference and by each of them.
+            if !(scaling.factor > 0.0
+                && scaling.low_freq_factor > 0.0
+                && scaling.high_freq_factor > scaling.low_freq_factor
+                && scaling.original_max_position_embeddings > 0.0)
+            {
+                return Err(format!(
+                    "rope_scaling llama3 needs positive factors with high_freq_factor > \
+                     low_freq_factor (got {scaling:?})"
+                ));
+            }
+            Ok(Some(RopeScaling::Llama3(scaling)))
+        }
         other => Err(format!(
             "rope_scaling type `{other}` is not supported (supported: llama3)"
         )),

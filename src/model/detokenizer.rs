@@ -58,11 +58,6 @@ impl IncrementalDecoder {
         }
     }
 
-    /// Whether special tokens are dropped from the text.
-    pub fn skip_special(&self) -> bool {
-        self.skip_special
-    }
-
     /// Number of tokens whose text has not been emitted yet.
     pub fn held_tokens(&self) -> usize {
         self.ids.len() - self.prefix_end

@@ -27,8 +27,9 @@ impl HubOptions {
         HubOptions {
             cache_dir: None,
             endpoint: std::env::var("HF_ENDPOINT").ok(),
-            offline: std::env::var("HF_HUB_OFFLINE")
-                .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes")),
+            offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            }),
         }
     }
 }

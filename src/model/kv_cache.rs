@@ -17,8 +17,8 @@
 //! - **one thread**: the arrays belong to the thread that created them (the engine thread).
 //!
 //! The head dim is the innermost axis so that a later quantized layout (data packed along
-//! `head_dim`, plus per-group scales and biases with the same leading `[slot, kv_head]`
-//! axes) keeps the same slot addressing.
+//! `head_dim`, plus per-group scales and biases under the same `[kv_head, slot]` axes) keeps
+//! the same slot addressing.
 
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{TryIndexOp, scatter_single, take_axis};
