@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use hf_hub::Cache;
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 
 use super::ModelError;
 use super::hf::HfFolder;
@@ -96,10 +96,31 @@ pub fn resolve(id: &str, options: &HubOptions) -> Result<PathBuf, ModelError> {
     };
     let config = fetch("config.json")?;
     fetch("tokenizer.json")?;
-    // Optional files: absent in some repositories.
-    let _ = repo.get("tokenizer_config.json");
+    // Optional files: absent in some repositories (404), but a failed download must not
+    // silently cost the model its chat template and special tokens.
+    for optional in ["tokenizer_config.json", "chat_template.jinja"] {
+        match repo.get(optional) {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(hub_error(format!(
+                    "could not download {optional} ({e}); retry, or put the model into the \
+                     Hugging Face cache ({})",
+                    cache_path.display()
+                )));
+            }
+        }
+    }
     fetch_weights(&repo, &fetch)?;
     Ok(config.parent().map(PathBuf::from).unwrap_or(cache_path))
+}
+
+/// Whether the hub answered "no such file" (HTTP 404), as opposed to failing.
+fn is_not_found(error: &ApiError) -> bool {
+    match error {
+        ApiError::RequestError(e) => matches!(e.as_ref(), ureq::Error::Status(404, _)),
+        _ => false,
+    }
 }
 
 /// Fetches the shards named in `model.safetensors.index.json`, or the single
@@ -108,9 +129,13 @@ fn fetch_weights(
     repo: &ApiRepo,
     fetch: &dyn Fn(&str) -> Result<PathBuf, ModelError>,
 ) -> Result<(), ModelError> {
-    let Ok(index) = repo.get("model.safetensors.index.json") else {
-        fetch("model.safetensors")?;
-        return Ok(());
+    let index = match repo.get("model.safetensors.index.json") {
+        Ok(index) => index,
+        Err(e) if is_not_found(&e) => {
+            fetch("model.safetensors")?;
+            return Ok(());
+        }
+        Err(_) => return fetch("model.safetensors.index.json").map(|_| ()),
     };
     let text = std::fs::read_to_string(&index).map_err(|e| ModelError::InvalidConfig {
         path: index.clone(),
