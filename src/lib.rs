@@ -2,9 +2,11 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
 //! library directly. Modules so far: `config` (the validated settings of `serve`),
-//! `model` (loading, the forward pass over the paged KV cache, tokenizer and chat
-//! templates) and `runtime` (facts about the MLX installation this process runs on).
+//! `engine` (the KV block allocator, first part of the batching engine), `model` (loading,
+//! the forward pass over the paged KV cache, tokenizer and chat templates) and `runtime`
+//! (facts about the MLX installation this process runs on).
 
 pub mod config;
+pub mod engine;
 pub mod model;
 pub mod runtime;

@@ -1,0 +1,330 @@
+//! The KV block allocator: which pool blocks are in use, cached or free. Pure Rust; the
+//! tensors the ids index live in `model::kv_cache`.
+//!
+//! Every block is in exactly one state:
+//! - **in use**: referenced by at least one running sequence (refcount > 0). Several
+//!   sequences may share a block holding an identical prefix.
+//! - **cached**: nobody references it, but it holds a full block of known content (its
+//!   chained hash is registered), so a later request with the same prefix can reuse it.
+//!   Cached blocks are evicted least-recently-released first when blocks are needed.
+//! - **free**: holds nothing useful.
+//!
+//! Admission counts free + cached blocks ([`BlockPool::available`]); readiness and
+//! utilisation count in-use blocks ([`BlockPool::in_use`]).
+//!
+//! Allocation prefers consecutive ids, continuing a sequence's last block when it can:
+//! attention reads a sequence whose blocks are consecutive in place, and gathers (copies)
+//! the keys of a fragmented one (see docs/model-runtime.md).
+
+use std::collections::{BTreeSet, HashMap};
+
+use sha2::{Digest, Sha256};
+
+/// Index of a block in the pool.
+pub type BlockId = u32;
+
+/// Content hash of a full block, chained over its parent's hash: equal hashes mean equal
+/// token prefixes up to and including this block (128 bits of SHA-256, stable across runs
+/// and builds, so persisted caches can be matched again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockHash(pub [u8; 16]);
+
+impl BlockHash {
+    /// The hash of a full block holding `tokens`, following the block hashed `parent`.
+    pub fn chain(parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
+        let mut hasher = Sha256::new();
+        match parent {
+            Some(parent) => {
+                hasher.update([1u8]);
+                hasher.update(parent.0);
+            }
+            None => hasher.update([0u8]),
+        }
+        for token in tokens {
+            hasher.update(token.to_le_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&digest[..16]);
+        BlockHash(hash)
+    }
+
+    /// The chained hashes of every full block of `tokens`.
+    pub fn chain_all(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+        let mut parent = None;
+        tokens
+            .chunks_exact(block_size.max(1))
+            .map(|block| {
+                let hash = BlockHash::chain(parent, block);
+                parent = Some(hash);
+                hash
+            })
+            .collect()
+    }
+}
+
+/// Not enough free or cached blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the KV pool has {available} blocks available, {requested} were requested")]
+pub struct PoolExhausted {
+    pub requested: usize,
+    pub available: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct BlockMeta {
+    refcount: u32,
+    hash: Option<BlockHash>,
+    /// Release tick while cached (for LRU eviction).
+    released_at: u64,
+}
+
+/// The allocator. Invariants (checked by [`BlockPool::check`] in tests):
+/// `free + cached + in_use == total`; a block is cached iff its refcount is 0 and it has a
+/// registered hash; `by_hash` maps each registered hash to a block carrying it.
+#[derive(Debug, Clone)]
+pub struct BlockPool {
+    blocks: Vec<BlockMeta>,
+    /// Free blocks, lowest id first (so fresh allocations come out consecutive).
+    free: BTreeSet<BlockId>,
+    /// Cached blocks by (release tick, id): the first is the least recently released.
+    cached: BTreeSet<(u64, BlockId)>,
+    by_hash: HashMap<BlockHash, BlockId>,
+    tick: u64,
+}
+
+impl BlockPool {
+    pub fn new(num_blocks: usize) -> Self {
+        BlockPool {
+            blocks: vec![BlockMeta::default(); num_blocks],
+            free: (0..num_blocks as BlockId).collect(),
+            cached: BTreeSet::new(),
+            by_hash: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn cached(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Blocks referenced by at least one sequence.
+    pub fn in_use(&self) -> usize {
+        self.total() - self.free() - self.cached()
+    }
+
+    /// Blocks an allocation can get: free plus evictable cached ones.
+    pub fn available(&self) -> usize {
+        self.free() + self.cached()
+    }
+
+    pub fn refcount(&self, block: BlockId) -> u32 {
+        self.blocks.get(block as usize).map_or(0, |b| b.refcount)
+    }
+
+    /// Allocates `count` blocks (refcount 1 each), preferring the ones right after `after`
+    /// (a sequence's current last block), then the lowest free ids, then evicting cached
+    /// blocks least recently released first. All or nothing.
+    pub fn allocate(
+        &mut self,
+        count: usize,
+        after: Option<BlockId>,
+    ) -> Result<Vec<BlockId>, PoolExhausted> {
+        if count > self.available() {
+            return Err(PoolExhausted {
+                requested: count,
+                available: self.available(),
+            });
+        }
+        let mut blocks = Vec::with_capacity(count);
+        // Continue the run after `after` while those blocks are free.
+        let mut next = after.map(|b| b + 1);
+        while blocks.len() < count {
+            match next {
+                Some(id) if self.free.remove(&id) => {
+                    blocks.push(id);
+                    next = Some(id + 1);
+                }
+                _ => break,
+            }
+        }
+        while blocks.len() < count {
+            let id = match self.free.pop_first() {
+                Some(id) => id,
+                None => self.evict_oldest_cached(),
+            };
+            blocks.push(id);
+        }
+        for &id in &blocks {
+            self.blocks[id as usize].refcount = 1;
+        }
+        Ok(blocks)
+    }
+
+    /// Turns the least recently released cached block into a free one (forgetting its
+    /// content) and returns it. Only called when `free` is empty and `cached` is not.
+    fn evict_oldest_cached(&mut self) -> BlockId {
+        let Some((_, id)) = self.cached.pop_first() else {
+            unreachable!("allocate checked that enough blocks are available");
+        };
+        let meta = &mut self.blocks[id as usize];
+        if let Some(hash) = meta.hash.take()
+            && self.by_hash.get(&hash) == Some(&id)
+        {
+            self.by_hash.remove(&hash);
+        }
+        id
+    }
+
+    /// Adds a reference to an in-use or cached block (prefix sharing); a cached block comes
+    /// back into use.
+    pub fn retain(&mut self, block: BlockId) {
+        let meta = &mut self.blocks[block as usize];
+        if meta.refcount == 0 && !self.cached.remove(&(meta.released_at, block)) {
+            self.free.remove(&block);
+        }
+        meta.refcount += 1;
+    }
+
+    /// Drops one reference. At zero the block becomes cached if its content is registered,
+    /// free otherwise.
+    pub fn release(&mut self, block: BlockId) {
+        let meta = &mut self.blocks[block as usize];
+        debug_assert!(meta.refcount > 0, "release of unreferenced block {block}");
+        meta.refcount = meta.refcount.saturating_sub(1);
+        if meta.refcount > 0 {
+            return;
+        }
+        if meta.hash.is_some() {
+            self.tick += 1;
+            meta.released_at = self.tick;
+            self.cached.insert((self.tick, block));
+        } else {
+            self.free.insert(block);
+        }
+    }
+
+    /// Records that in-use `block` now holds the full block with content `hash`, so later
+    /// requests can find it. A hash already registered to another block keeps that block.
+    pub fn register(&mut self, block: BlockId, hash: BlockHash) {
+        let meta = &mut self.blocks[block as usize];
+        meta.hash = Some(hash);
+        self.by_hash.entry(hash).or_insert(block);
+    }
+
+    /// The blocks (in use or cached) holding the longest prefix of `hashes`, without
+    /// taking references: call [`BlockPool::retain`] on the ones to use.
+    pub fn lookup_prefix(&self, hashes: &[BlockHash]) -> Vec<BlockId> {
+        hashes
+            .iter()
+            .map_while(|hash| self.by_hash.get(hash).copied())
+            .collect()
+    }
+
+    /// Checks every invariant; a message describes the first violation.
+    pub fn check(&self) -> Result<(), String> {
+        for (id, meta) in self.blocks.iter().enumerate() {
+            let id = id as BlockId;
+            let is_free = self.free.contains(&id);
+            let is_cached = self.cached.contains(&(meta.released_at, id));
+            match (meta.refcount, is_free, is_cached) {
+                (0, true, false) if meta.hash.is_none() => {}
+                (0, false, true) if meta.hash.is_some() => {}
+                (n, false, false) if n > 0 => {}
+                state => return Err(format!("block {id} in inconsistent state {state:?}")),
+            }
+        }
+        if self.free.len() + self.cached.len() + self.in_use() != self.total() {
+            return Err("free + cached + in use != total".to_owned());
+        }
+        for (hash, &id) in &self.by_hash {
+            if self.blocks[id as usize].hash != Some(*hash) {
+                return Err(format!(
+                    "hash index points to block {id}, which holds another"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_is_consecutive_and_continues_runs() {
+        let mut pool = BlockPool::new(8);
+        let a = pool.allocate(3, None).unwrap();
+        assert_eq!(a, vec![0, 1, 2]);
+        let b = pool.allocate(2, None).unwrap();
+        assert_eq!(b, vec![3, 4]);
+        pool.release(1);
+        // `a` grows after its last block only if that is free: 3 is taken, so lowest free.
+        assert_eq!(pool.allocate(1, Some(2)).unwrap(), vec![1]);
+        assert_eq!(pool.allocate(2, Some(4)).unwrap(), vec![5, 6]);
+        assert_eq!(pool.in_use(), 7);
+        let err = pool.allocate(2, None).unwrap_err();
+        assert_eq!(
+            err,
+            PoolExhausted {
+                requested: 2,
+                available: 1
+            }
+        );
+        assert_eq!(pool.in_use(), 7, "a failed allocation takes nothing");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn cached_prefixes_are_shared_then_evicted_lru() {
+        let mut pool = BlockPool::new(4);
+        let tokens: Vec<u32> = (0..8).collect();
+        let hashes = BlockHash::chain_all(&tokens, 4);
+        let blocks = pool.allocate(2, None).unwrap();
+        for (&b, &h) in blocks.iter().zip(&hashes) {
+            pool.register(b, h);
+        }
+        // A second sequence with the same prompt shares both blocks.
+        let shared = pool.lookup_prefix(&hashes);
+        assert_eq!(shared, blocks);
+        shared.iter().for_each(|&b| pool.retain(b));
+        assert_eq!(pool.refcount(0), 2);
+        // Both finish: the blocks stay cached, available for admission.
+        for &b in blocks.iter().chain(&shared) {
+            pool.release(b);
+        }
+        assert_eq!((pool.cached(), pool.free(), pool.in_use()), (2, 2, 0));
+        assert_eq!(pool.available(), 4);
+        // A different prefix shares nothing; a longer one matches the cached start.
+        let other = BlockHash::chain_all(&[9; 8], 4);
+        assert!(pool.lookup_prefix(&other).is_empty());
+        assert_eq!(pool.lookup_prefix(&hashes[..1]), vec![0]);
+        // Needing all 4 evicts the cached blocks, least recently released first.
+        let all = pool.allocate(4, None).unwrap();
+        assert_eq!(all, vec![2, 3, 0, 1]);
+        assert!(pool.lookup_prefix(&hashes).is_empty());
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn chained_hashes_depend_on_the_whole_prefix() {
+        let a = BlockHash::chain_all(&[1, 2, 3, 4, 5, 6], 3);
+        let b = BlockHash::chain_all(&[9, 2, 3, 4, 5, 6], 3);
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[1], b[1], "same block, different parent");
+        assert_eq!(
+            a,
+            BlockHash::chain_all(&[1, 2, 3, 4, 5, 6, 7], 3),
+            "partial block ignored"
+        );
+    }
+}
