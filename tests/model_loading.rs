@@ -231,10 +231,18 @@ fn gguf_and_hf_folders_decode_identically() {
         drop(from_gguf);
 
         write_hf_folder(&dense, false);
+        // generation_config.json adds end-of-generation ids (as Llama 3.x uses it).
+        std::fs::write(
+            dense.join("generation_config.json"),
+            r#"{"eos_token_id": [2, 7]}"#,
+        )
+        .unwrap();
         let source = ModelSource::parse(dense.to_str().unwrap()).unwrap();
         assert!(matches!(source, ModelSource::Folder(_)));
         let from_dense = loader::load(&source, &options(offline_hub())).expect("load dense folder");
         assert_eq!(greedy_answer(&from_dense), reference, "dense f32 folder");
+        assert!(from_dense.tokenizer.is_eos(7) && from_dense.tokenizer.is_eos(2));
+        assert!(!from_dense.tokenizer.is_eos(8));
         drop(from_dense);
 
         write_hf_folder(&quant, true);

@@ -1,5 +1,6 @@
 //! The serving engine (BlockPoolBatchEngine): admission, scheduling and sampling over the
-//! model runtime. So far: the block allocator and per-request sampling.
+//! model runtime. So far: the block allocator, per-request sampling and stop strings.
 
 pub mod block_pool;
 pub mod sampling;
+pub mod stop;

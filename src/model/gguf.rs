@@ -80,12 +80,29 @@ pub fn model_config(file: &GgufFile, path: &Path) -> Result<ModelConfig, ModelEr
         output_bias: has_tensor("blk.0.attn_output.bias")?,
         qk_norm: has_tensor("blk.0.attn_q_norm.weight")?,
     };
-    config
-        .validate()
-        .map_err(|problem| ModelError::InvalidConfig {
-            path: path.to_path_buf(),
-            problem,
-        })?;
+    let invalid = |problem: String| ModelError::InvalidConfig {
+        path: path.to_path_buf(),
+        problem,
+    };
+    config.validate().map_err(invalid)?;
+    // Partial rotary embeddings (RoPE on fewer dims than the head) are not implemented.
+    if let Some(dims) = meta.optional_u32(&key("rope.dimension_count"))?
+        && dims as usize != config.head_dim
+    {
+        return Err(invalid(format!(
+            "RoPE over {dims} of {} head dimensions (partial rotary) is not supported",
+            config.head_dim
+        )));
+    }
+    if let Some(RopeScaling::Factors(factors)) = &config.rope_scaling
+        && factors.len() != config.head_dim / 2
+    {
+        return Err(invalid(format!(
+            "rope_freqs.weight has {} factors, expected {} (head_dim / 2)",
+            factors.len(),
+            config.head_dim / 2
+        )));
+    }
     Ok(config)
 }
 

@@ -98,7 +98,11 @@ pub fn resolve(id: &str, options: &HubOptions) -> Result<PathBuf, ModelError> {
     fetch("tokenizer.json")?;
     // Optional files: absent in some repositories (404), but a failed download must not
     // silently cost the model its chat template and special tokens.
-    for optional in ["tokenizer_config.json", "chat_template.jinja"] {
+    for optional in [
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
         match repo.get(optional) {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}

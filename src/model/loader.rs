@@ -200,15 +200,45 @@ fn load_folder(
 ) -> Result<(LlamaModel, Tokenizer, Vec<PathBuf>), ModelError> {
     let folder = HfFolder::open(dir)?;
     let tokenizer_config = dir.join("tokenizer_config.json");
-    let tokenizer = Tokenizer::from_hf_files(
+    let mut tokenizer = Tokenizer::from_hf_files(
         &dir.join("tokenizer.json"),
         tokenizer_config
             .is_file()
             .then_some(tokenizer_config.as_path()),
     )?;
+    // generation_config.json can name further end-of-generation ids (Llama 3.x lists
+    // <|eot_id|> and <|end_of_text|> there).
+    tokenizer.add_eos_ids(generation_eos_ids(&dir.join("generation_config.json"))?);
     let (config, mut tensors) = folder.load()?;
     let model = LlamaModel::from_tensors(config, &mut tensors, weights)?;
     Ok((model, tokenizer, folder.weight_files))
+}
+
+/// `eos_token_id` (a number or a list) of a `generation_config.json`; none when the file
+/// is absent.
+fn generation_eos_ids(path: &Path) -> Result<Vec<u32>, ModelError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let bad = |problem: String| ModelError::InvalidConfig {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let ids = match value.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items.iter().collect(),
+        Some(single) => vec![single],
+    };
+    ids.into_iter()
+        .map(|id| {
+            id.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| bad(format!("eos_token_id {id} is not a token id")))
+        })
+        .collect()
 }
 
 fn file_stem(path: &Path) -> String {

@@ -466,6 +466,14 @@ impl Tokenizer {
         &self.eos_ids
     }
 
+    /// Adds ids that also end a generation (e.g. `eos_token_id` of a Hugging Face
+    /// `generation_config.json`); ids outside the vocabulary are ignored.
+    pub fn add_eos_ids(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let vocab = self.vocab_size();
+        self.eos_ids
+            .extend(ids.into_iter().filter(|&id| (id as usize) < vocab));
+    }
+
     /// Whether `id` ends a generation (member of [`Tokenizer::eos_ids`]).
     pub fn is_eos(&self, id: u32) -> bool {
         self.eos_ids.contains(&id)
