@@ -2,7 +2,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
 //! library directly. Modules so far: `config` (the validated settings of `serve`),
-//! `engine` (block allocator, scheduling policy, sampling and stop strings: the parts of the batching engine so far), `model` (loading,
+//! `engine` (the continuous-batching engine: its thread and handle, block allocator, scheduler, sampling, stop strings), `model` (loading,
 //! the forward pass over the paged KV cache, tokenizer and chat templates) and `runtime`
 //! (facts about the MLX installation this process runs on).
 

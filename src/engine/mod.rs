@@ -1,9 +1,15 @@
 //! The serving engine (BlockPoolBatchEngine): admission, scheduling and sampling over the
-//! model runtime. So far: the block allocator, the scheduling policy, per-request sampling,
-//! stop strings, and the per-sequence state that turns logits into streamed events.
+//! model runtime: [`EngineHandle`] (async side) talks to one engine thread
+//! (`worker`) that owns the model, the KV pool and the [`scheduler`], and streams each
+//! request's events through a bounded channel.
 
 pub mod block_pool;
+mod handle;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 pub mod stop;
+mod worker;
+
+pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
+pub use worker::EngineConfig;

@@ -21,7 +21,7 @@
 //! that outgrows the whole pool is reported in [`Step::out_of_blocks`]; stopping at
 //! `max_tokens` or the context length is the engine's job.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::block_pool::{BlockHash, BlockId, BlockPool};
 
@@ -140,6 +140,11 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// Waiting sequences, oldest first.
+    pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.waiting.iter().copied()
+    }
+
     fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.config.block_size)
     }
@@ -203,8 +208,9 @@ impl Scheduler {
         self.pool.lookup_prefix(&hashes)
     }
 
-    /// Plans the next step (see the module docs for the policy).
-    pub fn schedule(&mut self) -> Step {
+    /// Plans the next step (see the module docs for the policy). Sequences in `paused`
+    /// (their client is not keeping up) keep their blocks but run no tokens this step.
+    pub fn schedule(&mut self, paused: &HashSet<SeqId>) -> Step {
         let mut step = Step::default();
         let mut budget = self.config.max_step_tokens.max(1);
 
@@ -213,7 +219,7 @@ impl Scheduler {
         while index < self.running.len() {
             let id = self.running[index];
             let seq = &self.sequences[&id];
-            if seq.prefilling() {
+            if seq.prefilling() || paused.contains(&id) {
                 index += 1;
                 continue;
             }
@@ -237,7 +243,7 @@ impl Scheduler {
                 break;
             }
             let seq = &self.sequences[&id];
-            if seq.prefilling() || step.out_of_blocks.contains(&id) {
+            if seq.prefilling() || paused.contains(&id) || step.out_of_blocks.contains(&id) {
                 continue;
             }
             step.chunks.push(ScheduledChunk {
@@ -270,7 +276,7 @@ impl Scheduler {
                 break;
             }
             let seq = &self.sequences[&id];
-            if !seq.prefilling() {
+            if !seq.prefilling() || paused.contains(&id) {
                 continue;
             }
             let remaining = seq.tokens.len() - seq.cached;
@@ -414,24 +420,24 @@ mod tests {
     fn long_prompts_prefill_in_chunks_while_others_decode() {
         let mut s = Scheduler::new(config());
         s.submit(1, vec![1, 2, 3]).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.admitted, vec![(1, 0)]);
         assert_eq!(step.chunks.len(), 1);
         assert!(step.chunks[0].samples && step.chunks[0].tokens == vec![1, 2, 3]);
         run(&mut s, &step, 10);
 
         s.submit(2, (0..14).collect()).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         // Sequence 1 decodes its token 10; sequence 2 starts with a 6-token chunk.
         assert_eq!(step.chunks[0].tokens, vec![10]);
         assert_eq!((step.chunks[1].id, step.chunks[1].tokens.len()), (2, 6));
         assert!(!step.chunks[1].samples);
         run(&mut s, &step, 11);
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.chunks[0].tokens, vec![11]);
         assert_eq!((step.chunks[1].cached, step.chunks[1].tokens.len()), (6, 6));
         run(&mut s, &step, 12);
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.chunks[1].tokens, vec![12, 13]);
         assert!(step.chunks[1].samples);
         run(&mut s, &step, 13);
@@ -440,6 +446,22 @@ mod tests {
         s.finish(1);
         s.finish(2);
         assert_eq!(s.pool().in_use(), 0);
+    }
+
+    #[test]
+    fn paused_sequences_keep_their_blocks_but_do_not_run() {
+        let mut s = Scheduler::new(config());
+        s.submit(1, vec![1, 2, 3]).unwrap();
+        s.submit(2, vec![4, 5, 6]).unwrap();
+        let step = s.schedule(&HashSet::new());
+        run(&mut s, &step, 7);
+        let in_use = s.pool().in_use();
+        let step = s.schedule(&HashSet::from([1]));
+        assert_eq!(
+            step.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(s.pool().in_use(), in_use);
     }
 
     #[test]
@@ -452,7 +474,7 @@ mod tests {
         for id in 0..3 {
             s.submit(id, vec![1, 2, 3, 4]).unwrap();
         }
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.admitted.len(), 2, "max_batch sequences admitted");
         let tokens: usize = step.chunks.iter().map(|c| c.tokens.len()).sum();
         assert!(tokens <= 5, "{tokens} tokens in one step");
@@ -485,7 +507,7 @@ mod tests {
             ..config()
         });
         full.submit(1, vec![0; 12]).unwrap();
-        full.schedule();
+        full.schedule(&HashSet::new());
         full.submit(2, vec![0; 12]).unwrap();
         assert_eq!(
             full.submit(3, vec![0; 12]),
@@ -498,7 +520,7 @@ mod tests {
             ..config()
         });
         no_queue.submit(1, vec![0; 12]).unwrap();
-        no_queue.schedule();
+        no_queue.schedule(&HashSet::new());
         assert!(matches!(
             no_queue.submit(2, vec![0; 12]),
             Err(AdmitError::QueueFull { .. })
@@ -514,17 +536,17 @@ mod tests {
         });
         s.submit(1, vec![1, 2, 3, 4]).unwrap();
         s.submit(2, vec![5, 6, 7, 8]).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.admitted.len(), 2);
         run(&mut s, &step, 20);
         // Both need a second block for position 4: 2 blocks left, fine.
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert!(step.preempted.is_empty());
         run(&mut s, &step, 21);
         // Decode until the pool (4 blocks) cannot hold both past 8 tokens each.
         let mut preempted = Vec::new();
         for t in 30..40 {
-            let step = s.schedule();
+            let step = s.schedule(&HashSet::new());
             preempted.extend(step.preempted.iter().copied());
             run(&mut s, &step, t);
         }
@@ -533,7 +555,7 @@ mod tests {
         // Once 1 finishes, 2 is recomputed (prompt + what it had generated) and resumes.
         let before = s.generated(2).to_vec();
         s.finish(1);
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         let chunk = step.chunks.iter().find(|c| c.id == 2).unwrap();
         assert_eq!(chunk.cached, 0);
         assert_eq!(&chunk.tokens[4..], &before[..chunk.tokens.len() - 4]);
@@ -570,7 +592,7 @@ mod tests {
             while !wanted.is_empty() {
                 steps += 1;
                 assert!(steps < 2000, "seed {seed}: no progress");
-                let step = s.schedule();
+                let step = s.schedule(&HashSet::new());
                 run(&mut s, &step, steps as u32);
                 let done: Vec<u64> = wanted
                     .iter()
@@ -596,10 +618,10 @@ mod tests {
             ..config()
         });
         s.submit(1, vec![1, 2, 3, 4, 5]).unwrap();
-        let mut step = s.schedule();
+        let mut step = s.schedule(&HashSet::new());
         for t in 0..10 {
             run(&mut s, &step, t);
-            step = s.schedule();
+            step = s.schedule(&HashSet::new());
             if !step.out_of_blocks.is_empty() {
                 break;
             }
@@ -617,22 +639,22 @@ mod tests {
         let mut s = Scheduler::new(config());
         let prompt: Vec<u32> = (0..10).collect();
         s.submit(1, prompt.clone()).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         run(&mut s, &step, 99);
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         run(&mut s, &step, 98);
         s.finish(1);
         assert_eq!(s.pool().in_use(), 0);
         assert!(s.pool().cached() >= 2);
         // Same prompt: its two full blocks (8 tokens) come from the cache.
         s.submit(2, prompt.clone()).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         assert_eq!(step.admitted, vec![(2, 8)]);
         assert_eq!(step.chunks[0].tokens, vec![8, 9]);
         assert_eq!(step.chunks[0].cached, 8);
         // A prompt of exactly two blocks still computes its last token.
         s.submit(3, (0..8).collect()).unwrap();
-        let step = s.schedule();
+        let step = s.schedule(&HashSet::new());
         let admitted = step.admitted.iter().find(|a| a.0 == 3).unwrap();
         assert_eq!(admitted.1, 4);
         s.finish(2);

@@ -1,0 +1,369 @@
+//! The engine end to end on the default model: continuous batching, admission and
+//! refusal, cancellation, backpressure, drain and reproducible sampling. Every wait is
+//! bounded by a deadline, so a hang fails the test instead of stalling the suite.
+
+mod common;
+
+use std::time::Duration;
+
+use mlx_serve::engine::sampling::SamplingParams;
+use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
+use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
+use mlx_serve::model::hub::HubOptions;
+use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
+use mlx_serve::model::weights::WeightMode;
+use serde::Deserialize;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn start(config: EngineConfig) -> EngineHandle {
+    EngineHandle::start(
+        || {
+            let source = ModelSource::Gguf(common::default_model_path());
+            let options = LoadOptions {
+                weights: WeightMode::F32,
+                served_name: None,
+                hub: HubOptions::default(),
+            };
+            loader::load(&source, &options)
+        },
+        config,
+    )
+    .expect("start the engine")
+}
+
+fn small_config() -> EngineConfig {
+    EngineConfig {
+        kv_cache_bytes: 32 << 20,
+        ..EngineConfig::default()
+    }
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    prompts: Vec<ReferencePrompt>,
+}
+
+#[derive(Deserialize)]
+struct ReferencePrompt {
+    name: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    runner_up_ids: Vec<u32>,
+    margins: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(common::fixture_path("smollm2_greedy_reference.json"))
+        .expect("read fixture");
+    serde_json::from_str(&text).expect("parse fixture")
+}
+
+fn request(prompt: &[u32], max_tokens: usize, sampling: SamplingParams) -> GenerationRequest {
+    GenerationRequest {
+        prompt: prompt.to_vec(),
+        sampling,
+        max_tokens,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: true,
+    }
+}
+
+/// Everything a stream produced.
+struct Outcome {
+    tokens: Vec<u32>,
+    text: String,
+    reason: FinishReason,
+    usage: Usage,
+}
+
+async fn collect(mut stream: EventStream) -> Outcome {
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let read = async {
+        while let Some(event) = stream.next().await {
+            match event {
+                Event::Token { sampled, text: t } => {
+                    tokens.push(sampled.token);
+                    text.push_str(&t);
+                }
+                Event::Finished {
+                    text: t,
+                    reason,
+                    usage,
+                } => {
+                    text.push_str(&t);
+                    return (reason, usage);
+                }
+            }
+        }
+        panic!("stream ended without Finished");
+    };
+    let (reason, usage) = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("generation did not finish in time");
+    Outcome {
+        tokens,
+        text,
+        reason,
+        usage,
+    }
+}
+
+async fn wait_until(engine: &EngineHandle, what: &str, done: impl Fn(&EngineHandle) -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done(engine) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
+    let engine = start(small_config());
+    let fixture = fixture();
+    let len = 24;
+    // Alone.
+    let first = &fixture.prompts[0];
+    let stream = engine
+        .submit(request(&first.prompt_ids, len, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let alone = collect(stream).await;
+    assert_eq!(alone.reason, FinishReason::Length);
+    // All five prompts at once, mixed lengths.
+    let mut streams = Vec::new();
+    for prompt in &fixture.prompts {
+        let stream = engine
+            .submit(request(&prompt.prompt_ids, len, SamplingParams::greedy()))
+            .await
+            .expect("submit");
+        streams.push(tokio::spawn(collect(stream)));
+    }
+    let mut batched = Vec::new();
+    for stream in streams {
+        batched.push(stream.await.expect("join"));
+    }
+    for (outcome, prompt) in std::iter::once(&alone)
+        .chain(&batched)
+        .zip(std::iter::once(first).chain(&fixture.prompts))
+    {
+        assert_eq!(outcome.tokens.len(), len);
+        assert_eq!(outcome.usage.completion_tokens, len);
+        assert_eq!(outcome.usage.prompt_tokens, prompt.prompt_ids.len());
+        common::assert_follows_reference(
+            "engine",
+            &outcome.tokens,
+            &common::ReferenceRun {
+                name: &prompt.name,
+                ids: &prompt.output_ids,
+                runner_ups: &prompt.runner_up_ids,
+                margins: &prompt.margins,
+            },
+        );
+    }
+    // The repeated first prompt found its full blocks in the prefix cache.
+    assert!(
+        batched[0].usage.cached_tokens >= 16,
+        "{:?}",
+        batched[0].usage
+    );
+    wait_until(&engine, "blocks back to zero", |e| {
+        e.stats().blocks_in_use == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
+    // Room for about 200 tokens, no queue.
+    let engine = start(EngineConfig {
+        kv_cache_bytes: 10 << 20,
+        max_queue: 0,
+        watermark_blocks: 0,
+        ..EngineConfig::default()
+    });
+    let blocks = engine.stats().blocks_total;
+    assert!(blocks > 4, "{blocks} blocks");
+    let prompt: Vec<u32> = (100..100 + 16 * (blocks as u32 - 2)).collect();
+    let long = engine
+        .submit(request(&prompt, 16, SamplingParams::greedy()))
+        .await
+        .expect("the first request fits");
+    // A different prompt of the same size (an identical one would share the first's
+    // cached prefix blocks and fit).
+    let other: Vec<u32> = prompt.iter().map(|t| t + 5000).collect();
+    let started = std::time::Instant::now();
+    let refused = engine
+        .submit(request(&other, 16, SamplingParams::greedy()))
+        .await
+        .expect_err("the pool cannot hold a second one");
+    assert!(matches!(refused, SubmitError::Busy { .. }), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusal must not wait"
+    );
+    let served = collect(long).await;
+    assert_eq!(served.usage.completion_tokens, 16);
+    // Served again once blocks are back.
+    let again = engine
+        .submit(request(&prompt[..32], 4, SamplingParams::greedy()))
+        .await
+        .expect("served after the pool freed up");
+    assert_eq!(collect(again).await.usage.completion_tokens, 4);
+    // A prompt over the whole pool is invalid, not busy.
+    let huge: Vec<u32> = (0..16 * (blocks as u32 + 1))
+        .map(|i| 100 + i % 1000)
+        .collect();
+    let err = engine
+        .submit(request(&huge, 4, SamplingParams::greedy()))
+        .await
+        .expect_err("larger than the pool");
+    assert!(matches!(err, SubmitError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_it_and_frees_its_blocks() {
+    let engine = start(small_config());
+    let prompt: Vec<u32> = (200..264).collect();
+    let mut stream = engine
+        .submit(request(&prompt, 500, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    for _ in 0..2 {
+        tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("a token in time")
+            .expect("an event");
+    }
+    assert!(engine.stats().blocks_in_use > 0);
+    drop(stream);
+    wait_until(&engine, "cancelled blocks freed", |e| {
+        let s = e.stats();
+        s.blocks_in_use == 0 && s.running == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_does_not_hold_up_the_others() {
+    let engine = start(EngineConfig {
+        event_buffer: 2,
+        ..small_config()
+    });
+    let prompt: Vec<u32> = (300..340).collect();
+    // Never read: its buffer fills after two events and it is paused.
+    let stalled = engine
+        .submit(request(&prompt, 200, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let other = engine
+        .submit(request(&prompt[..20], 24, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let done = collect(other).await;
+    assert_eq!(done.usage.completion_tokens, 24);
+    // The stalled request keeps its place (and its blocks) but did not advance.
+    wait_until(&engine, "only the stalled request running", |e| {
+        e.stats().running == 1
+    })
+    .await;
+    assert!(engine.stats().blocks_in_use > 0);
+    drop(stalled);
+    wait_until(&engine, "everything freed", |e| {
+        e.stats().blocks_in_use == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drain_finishes_short_requests_aborts_long_ones_and_refuses_new_ones() {
+    let engine = start(small_config());
+    let prompt: Vec<u32> = (400..430).collect();
+    let short = engine
+        .submit(request(&prompt, 3, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let long = engine
+        .submit(request(&prompt, 2000, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let short = tokio::spawn(collect(short));
+    let long = tokio::spawn(collect(long));
+    let report = engine.drain(Duration::from_secs(3)).await;
+    assert_eq!(report.aborted, 1, "{report:?}");
+    assert!(report.completed >= 1, "{report:?}");
+    assert_eq!(short.await.expect("join").reason, FinishReason::Length);
+    let long = long.await.expect("join");
+    assert_eq!(long.reason, FinishReason::Aborted);
+    assert!(long.usage.completion_tokens < 2000);
+    let refused = engine
+        .submit(request(&prompt, 3, SamplingParams::greedy()))
+        .await
+        .expect_err("draining");
+    assert_eq!(refused, SubmitError::Draining);
+    // Idempotent.
+    let again = engine.drain(Duration::from_secs(1)).await;
+    assert_eq!(again.aborted, 0);
+    assert_eq!(engine.stats().blocks_in_use, 0);
+}
+
+#[tokio::test]
+async fn seeded_sampling_is_reproducible_also_in_a_batch() {
+    let engine = start(small_config());
+    let fixture = fixture();
+    let prompt = &fixture.prompts[1].prompt_ids;
+    let seeded = |seed| SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let alone = collect(engine.submit(request(prompt, 16, seeded(7))).await.unwrap()).await;
+    let a = engine.submit(request(prompt, 16, seeded(7))).await.unwrap();
+    let b = engine.submit(request(prompt, 16, seeded(8))).await.unwrap();
+    let (a, b) = (tokio::spawn(collect(a)), tokio::spawn(collect(b)));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(
+        alone.tokens, a.tokens,
+        "same seed, same tokens (alone vs batched)"
+    );
+    assert_ne!(a.tokens, b.tokens, "another seed, another sample");
+    assert!(!a.text.is_empty());
+}
+
+#[tokio::test]
+async fn stop_strings_end_the_generation_without_emitting_them() {
+    let engine = start(small_config());
+    let fixture = fixture();
+    // The reference answer of the first chat prompt, decoded by the engine itself first.
+    let prompt = &fixture.prompts[0].prompt_ids;
+    let full = collect(
+        engine
+            .submit(request(prompt, 24, SamplingParams::greedy()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Stop at a word in the middle of the text (likely spanning tokens).
+    let words: Vec<&str> = full.text.split_whitespace().collect();
+    assert!(words.len() > 6, "{:?}", full.text);
+    let stop = format!("{} {}", words[3], words[4]);
+    let cut = full.text.find(&stop).expect("stop string in the text");
+    let stopped = collect(
+        engine
+            .submit(GenerationRequest {
+                stop: vec![stop.clone()],
+                ..request(prompt, 24, SamplingParams::greedy())
+            })
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stopped.reason, FinishReason::Stop);
+    assert_eq!(stopped.text, full.text[..cut], "stop string {stop:?}");
+}
