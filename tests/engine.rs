@@ -135,9 +135,10 @@ async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
         .expect("submit");
     let alone = collect(stream).await;
     assert_eq!(alone.reason, FinishReason::Length);
-    // All five prompts at once, mixed lengths.
+    // Eight requests at once: the five prompts (mixed lengths) and three of them again.
+    let batch: Vec<&ReferencePrompt> = fixture.prompts.iter().cycle().take(8).collect();
     let mut streams = Vec::new();
-    for prompt in &fixture.prompts {
+    for prompt in &batch {
         let stream = engine
             .submit(request(&prompt.prompt_ids, len, SamplingParams::greedy()))
             .await
@@ -150,7 +151,7 @@ async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
     }
     for (outcome, prompt) in std::iter::once(&alone)
         .chain(&batched)
-        .zip(std::iter::once(first).chain(&fixture.prompts))
+        .zip(std::iter::once(first).chain(batch.iter().copied()))
     {
         assert_eq!(outcome.tokens.len(), len);
         assert_eq!(outcome.usage.completion_tokens, len);
@@ -224,6 +225,34 @@ async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
         .await
         .expect_err("larger than the pool");
     assert!(matches!(err, SubmitError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn waiting_too_long_for_blocks_times_out() {
+    let engine = start(EngineConfig {
+        kv_cache_bytes: 10 << 20,
+        max_queue: 4,
+        watermark_blocks: 0,
+        queue_timeout: Duration::from_millis(300),
+        ..EngineConfig::default()
+    });
+    let blocks = engine.stats().blocks_total as u32;
+    let prompt: Vec<u32> = (100..100 + 16 * (blocks - 2)).collect();
+    let running = engine
+        .submit(request(&prompt, 64, SamplingParams::greedy()))
+        .await
+        .expect("fits");
+    let other: Vec<u32> = prompt.iter().map(|t| t + 5000).collect();
+    let waited = engine
+        .submit(request(&other, 4, SamplingParams::greedy()))
+        .await
+        .expect_err("cannot get blocks in time");
+    assert!(
+        matches!(waited, SubmitError::QueueTimeout { .. }),
+        "{waited}"
+    );
+    drop(running);
+    wait_until(&engine, "blocks freed", |e| e.stats().blocks_in_use == 0).await;
 }
 
 #[tokio::test]

@@ -61,6 +61,10 @@ pub struct EngineStats {
     pub tokens_per_second: f64,
     pub preemptions: u64,
     pub draining: bool,
+    /// Seconds spent in steps in total, and the part of it inside the model's forward pass:
+    /// the difference is the engine's own overhead (scheduling, sampling, detokenizing).
+    pub step_seconds: f64,
+    pub forward_seconds: f64,
 }
 
 /// The events of one generation. Dropping it cancels the generation: the engine frees its

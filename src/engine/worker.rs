@@ -182,6 +182,7 @@ impl Worker {
             let generated = self.step();
             self.flush_outboxes();
             let elapsed = started.elapsed().as_secs_f64();
+            self.counters.step_seconds += elapsed;
             let rate = if elapsed > 0.0 {
                 generated as f64 / elapsed
             } else {
@@ -299,6 +300,7 @@ impl Worker {
             })
             .collect();
         let kv = self.cache.config();
+        let forward_started = Instant::now();
         let logits = BatchPlan::new(
             &plan_chunks,
             kv.block_size,
@@ -308,6 +310,7 @@ impl Worker {
         )
         .map_err(ModelError::from)
         .and_then(|plan| model.forward(&plan, &mut self.cache));
+        self.counters.forward_seconds += forward_started.elapsed().as_secs_f64();
         let logits = match logits {
             Ok(logits) => logits,
             Err(e) => {
