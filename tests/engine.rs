@@ -181,7 +181,7 @@ async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
 
 #[tokio::test]
 async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
-    // Room for about 200 tokens, no queue.
+    // Room for about 220 tokens, no queue.
     let engine = start(EngineConfig {
         kv_cache_bytes: 10 << 20,
         max_queue: 0,
@@ -225,6 +225,47 @@ async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
         .await
         .expect_err("larger than the pool");
     assert!(matches!(err, SubmitError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn preempted_requests_are_recomputed_and_finish_correctly() {
+    // 45 blocks of 16 tokens; two requests that each grow to 25 blocks cannot both fit:
+    // the newer one is preempted, recomputed later, and must still produce exactly what it
+    // produces alone.
+    let engine = start(EngineConfig {
+        watermark_blocks: 0,
+        ..small_config()
+    });
+    assert_eq!(engine.stats().blocks_total, 45);
+    let first: Vec<u32> = (1000..1250).collect();
+    let second: Vec<u32> = (3000..3250).collect();
+    let a = engine
+        .submit(request(&first, 150, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let b = engine
+        .submit(request(&second, 150, SamplingParams::greedy()))
+        .await
+        .expect("submit");
+    let (a, b) = (tokio::spawn(collect(a)), tokio::spawn(collect(b)));
+    let (a, b) = (a.await.expect("join"), b.await.expect("join"));
+    assert!(engine.stats().preemptions >= 1, "{:?}", engine.stats());
+    assert_eq!(
+        (a.usage.completion_tokens, b.usage.completion_tokens),
+        (150, 150)
+    );
+    let alone = collect(
+        engine
+            .submit(request(&second, 150, SamplingParams::greedy()))
+            .await
+            .expect("submit"),
+    )
+    .await;
+    assert_eq!(
+        b.tokens, alone.tokens,
+        "recomputed output equals the uninterrupted one"
+    );
+    wait_until(&engine, "blocks freed", |e| e.stats().blocks_in_use == 0).await;
 }
 
 #[tokio::test]
