@@ -106,6 +106,9 @@ pub(crate) struct Worker {
     /// Set by the first drain: new requests are refused from then on.
     draining: bool,
     counters: EngineStats,
+    /// Mixed into the seed of requests without one, so unseeded requests differ between
+    /// runs (OpenAI semantics) while staying independent of each other.
+    seed_base: u64,
 }
 
 impl Worker {
@@ -147,6 +150,9 @@ impl Worker {
             drain: None,
             draining: false,
             counters: EngineStats::default(),
+            seed_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x5EED, |d| d.as_nanos() as u64),
         })
     }
 
@@ -372,7 +378,7 @@ impl Worker {
                 continue;
             };
             let (sender, receiver) = mpsc::channel(self.config.event_buffer.max(2));
-            let seed = 0x5EED_u64 ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut state =
                 SequenceState::new(&pending.request, Arc::clone(&self.loaded.tokenizer), seed);
             state.set_cached_tokens(cached);
