@@ -12,7 +12,6 @@ use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
 use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
 use mlx_serve::model::weights::WeightMode;
-use serde::Deserialize;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -39,25 +38,7 @@ fn small_config() -> EngineConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct Fixture {
-    prompts: Vec<ReferencePrompt>,
-}
-
-#[derive(Deserialize)]
-struct ReferencePrompt {
-    name: String,
-    prompt_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    runner_up_ids: Vec<u32>,
-    margins: Vec<f32>,
-}
-
-fn fixture() -> Fixture {
-    let text = std::fs::read_to_string(common::fixture_path("smollm2_greedy_reference.json"))
-        .expect("read fixture");
-    serde_json::from_str(&text).expect("parse fixture")
-}
+use common::{ReferencePrompt, greedy_fixture as fixture};
 
 fn request(prompt: &[u32], max_tokens: usize, sampling: SamplingParams) -> GenerationRequest {
     GenerationRequest {
@@ -156,16 +137,7 @@ async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
         assert_eq!(outcome.tokens.len(), len);
         assert_eq!(outcome.usage.completion_tokens, len);
         assert_eq!(outcome.usage.prompt_tokens, prompt.prompt_ids.len());
-        common::assert_follows_reference(
-            "engine",
-            &outcome.tokens,
-            &common::ReferenceRun {
-                name: &prompt.name,
-                ids: &prompt.output_ids,
-                runner_ups: &prompt.runner_up_ids,
-                margins: &prompt.margins,
-            },
-        );
+        common::assert_follows_reference("engine", &outcome.tokens, &prompt.reference());
     }
     // The repeated first prompt found its full blocks in the prefix cache.
     assert!(

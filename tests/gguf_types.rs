@@ -18,11 +18,13 @@
 //! 3. **Wrong shapes.** An `attn_q` with the wrong row count is a `TensorShape` error naming
 //!    the tensor, never a panic.
 
+mod common;
 #[path = "common/tiny.rs"]
 mod tiny;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::ScratchDir;
 use mlx_rs::io::GgufFile;
 use mlx_rs::ops::dequantize;
 use mlx_rs::{Array, Dtype};
@@ -402,26 +404,6 @@ impl GgufWriter {
 
 // ------------------------------------------------------------------------------ helpers
 
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "mlx-serve-gguf-types-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn to_f32_vec(array: &Array) -> Vec<f32> {
     let array = array.as_dtype(Dtype::Float32).expect("as f32");
     array.eval().expect("eval");
@@ -464,7 +446,7 @@ fn dequantized(
 
 #[test]
 fn every_type_round_trips_through_mlx() {
-    let scratch = ScratchDir::new("roundtrip");
+    let scratch = ScratchDir::new("gguf-types-roundtrip");
     let (rows, cols) = (6, 96);
     let mut writer = GgufWriter::default();
     writer.meta("general.architecture", Meta::Str("test".into()));
@@ -974,7 +956,7 @@ fn check_tensor_map(path: &Path, weights: &[Weight]) {
 
 #[test]
 fn mixed_type_gguf_equals_its_dense_folder() {
-    let scratch = ScratchDir::new("mixed");
+    let scratch = ScratchDir::new("gguf-types-mixed");
     let weights = tiny_llama(None);
     let covered: std::collections::BTreeSet<u32> = weights.iter().map(|w| w.ty.id()).collect();
     assert_eq!(covered.len(), GgmlType::ALL.len(), "every type is used");
@@ -1066,7 +1048,7 @@ fn mixed_type_gguf_equals_its_dense_folder() {
 
 #[test]
 fn wrong_attn_q_rows_are_shape_errors() {
-    let scratch = ScratchDir::new("wrong-rows");
+    let scratch = ScratchDir::new("gguf-types-wrong-rows");
     // 48 rows split evenly over the heads' RoPE halves, 36 do not; Q4_0 and Q4_1 rows.
     for (layer, rows) in [(0, 48), (0, 36), (1, 36)] {
         let path = scratch.0.join(format!("q-rows-{layer}-{rows}.gguf"));

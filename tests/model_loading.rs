@@ -10,8 +10,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::ScratchDir;
 use mlx_rs::io::GgufFile;
 use mlx_rs::ops::dequantize;
 use mlx_rs::{Array, Dtype};
@@ -25,23 +26,6 @@ use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
 use mlx_serve::model::weights::WeightMode;
 use serde_json::json;
-
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mlx-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn options(hub: HubOptions) -> LoadOptions {
     LoadOptions {

@@ -9,30 +9,13 @@
 
 mod common;
 
-use common::ReferenceRun;
 use mlx_serve::model::greedy::{self, BlockLayout, GreedyOptions, GreedyOutput, GreedyRequest};
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Fixture {
-    gguf_sha256: String,
-    prompts: Vec<ReferencePrompt>,
-}
-
-#[derive(Deserialize, Clone)]
-struct ReferencePrompt {
-    name: String,
-    prompt_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    runner_up_ids: Vec<u32>,
-    margins: Vec<f32>,
-}
+use common::{GreedyFixture as Fixture, ReferencePrompt};
 
 fn fixture() -> Fixture {
-    let path = common::fixture_path("smollm2_greedy_reference.json");
-    let text = std::fs::read_to_string(&path).expect("read fixture");
-    serde_json::from_str(&text).expect("parse fixture")
+    common::greedy_fixture()
 }
 
 /// `got` (of length `len`) against the fixture under the numerics rule.
@@ -48,16 +31,7 @@ fn assert_follows_reference(
         "{what}: generated {} tokens, expected {len}",
         got.len()
     );
-    common::assert_follows_reference(
-        what,
-        got,
-        &ReferenceRun {
-            name: &reference.name,
-            ids: &reference.output_ids,
-            runner_ups: &reference.runner_up_ids,
-            margins: &reference.margins,
-        },
-    )
+    common::assert_follows_reference(what, got, &reference.reference())
 }
 
 fn run(

@@ -21,8 +21,9 @@ mod common;
 #[path = "common/tiny.rs"]
 mod tiny;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::ScratchDir;
 use mlx_rs::{Array, Dtype};
 use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
 use mlx_serve::model::config::Architecture;
@@ -368,25 +369,11 @@ fn tokenizer_json(vocab: usize) -> Value {
     })
 }
 
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Writes the variant's folder (config.json as recorded, formula weights, a tokenizer) and
 /// checks that its weights are the ones mlx-lm ran.
 fn write_folder(variant: &Variant) -> ScratchDir {
-    let dir = std::env::temp_dir().join(format!(
-        "mlx-serve-tiny-{}-{}",
-        variant.name,
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    let scratch = ScratchDir(dir.clone());
+    let scratch = ScratchDir::new(&format!("tiny-{}", variant.name));
+    let dir = scratch.0.clone();
 
     let tensors = tensors_for(&variant.name, &variant.config);
     assert_eq!(

@@ -3,10 +3,13 @@
 //! Hugging Face `transformers`/`tokenizers` produce for the same vocabulary
 //! (`scripts/reference/`).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use common::ScratchDir;
 use mlx_rs::Array;
 use mlx_rs::io::GgufFile;
 use mlx_serve::model::{
@@ -264,29 +267,11 @@ fn streaming_decoder_matches_full_decode() -> Result<(), TokenizerError> {
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(name: &str) -> ScratchDir {
-        let dir =
-            std::env::temp_dir().join(format!("mlx-serve-tokenizer-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        ScratchDir(dir)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn hf_folder_round_trip() -> Result<(), Box<dyn std::error::Error>> {
     let tok = tokenizer();
     let reference = reference();
-    let dir = ScratchDir::new("hf");
+    let dir = ScratchDir::new("tokenizer-hf");
     let tokenizer_json = dir.0.join("tokenizer.json");
     tok.save_hf_tokenizer_json(&tokenizer_json)?;
     let template = tok.chat_template().expect("template").to_owned();
@@ -357,7 +342,7 @@ fn hf_folder_round_trip() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn bad_hf_files_are_errors() -> Result<(), Box<dyn std::error::Error>> {
     let tok = tokenizer();
-    let dir = ScratchDir::new("bad");
+    let dir = ScratchDir::new("tokenizer-bad");
     let good_json = dir.0.join("tokenizer.json");
     tok.save_hf_tokenizer_json(&good_json)?;
 

@@ -7,6 +7,8 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::PathBuf;
+
+use serde::Deserialize;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Mutex, OnceLock};
 
@@ -118,4 +120,56 @@ pub fn assert_follows_reference(what: &str, got: &[u32], reference: &ReferenceRu
         &expected[..=step],
     );
     step
+}
+
+/// A temporary folder removed on drop (`name` keeps concurrent tests apart).
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mlx-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `tests/fixtures/smollm2_greedy_reference.json`: mlx-lm's greedy decoding of the default
+/// model (made by `scripts/reference/make_fixtures.py`).
+#[derive(Deserialize)]
+pub struct GreedyFixture {
+    pub gguf_sha256: String,
+    pub prompts: Vec<ReferencePrompt>,
+}
+
+#[derive(Deserialize, Clone)]
+pub struct ReferencePrompt {
+    pub name: String,
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    pub runner_up_ids: Vec<u32>,
+    pub margins: Vec<f32>,
+}
+
+impl ReferencePrompt {
+    pub fn reference(&self) -> ReferenceRun<'_> {
+        ReferenceRun {
+            name: &self.name,
+            ids: &self.output_ids,
+            runner_ups: &self.runner_up_ids,
+            margins: &self.margins,
+        }
+    }
+}
+
+pub fn greedy_fixture() -> GreedyFixture {
+    let text = std::fs::read_to_string(fixture_path("smollm2_greedy_reference.json"))
+        .expect("read fixture");
+    serde_json::from_str(&text).expect("parse fixture (regenerate with `make reference`)")
 }
