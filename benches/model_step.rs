@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mlx_rs::Dtype;
 use mlx_rs::io::GgufFile;
 use mlx_serve::config::DEFAULT_MODEL;
-use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
+use mlx_serve::model::batch::SequenceChunk;
 use mlx_serve::model::gguf;
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use mlx_serve::model::llama::LlamaModel;
@@ -52,7 +52,6 @@ fn tokens(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
 struct Setup {
     cache: PagedKvCache,
     tables: Vec<Vec<u32>>,
-    block_size: usize,
 }
 
 impl Setup {
@@ -66,11 +65,7 @@ impl Setup {
         let tables = (0..sequences)
             .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
             .collect();
-        Setup {
-            cache,
-            tables,
-            block_size,
-        }
+        Setup { cache, tables }
     }
 
     /// Runs one step: each entry is (sequence, new tokens, tokens already cached).
@@ -83,16 +78,7 @@ impl Setup {
                 block_table: &self.tables[seq],
             })
             .collect();
-        let config = self.cache.config();
-        let plan = BatchPlan::new(
-            &chunks,
-            self.block_size,
-            config.num_blocks,
-            model.config().context_length,
-            model.config().vocab_size,
-        )
-        .expect("plan");
-        model.forward(&plan, &mut self.cache).expect("forward");
+        model.forward(&chunks, &mut self.cache).expect("forward");
     }
 }
 

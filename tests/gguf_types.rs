@@ -29,7 +29,7 @@ use mlx_rs::io::GgufFile;
 use mlx_rs::ops::dequantize;
 use mlx_rs::{Array, Dtype};
 use mlx_serve::model::ModelError;
-use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
+use mlx_serve::model::batch::SequenceChunk;
 use mlx_serve::model::gguf;
 use mlx_serve::model::greedy::{self, GreedyOptions, GreedyRequest};
 use mlx_serve::model::hub::HubOptions;
@@ -884,16 +884,7 @@ fn first_logits(model: &LlamaModel, prompt: &[u32]) -> Vec<f32> {
         cached: 0,
         block_table: &table,
     };
-    let kv = cache.config();
-    let plan = BatchPlan::new(
-        &[chunk],
-        kv.block_size,
-        kv.num_blocks,
-        model.config().context_length,
-        model.config().vocab_size,
-    )
-    .expect("plan");
-    let logits = model.forward(&plan, &mut cache).expect("forward");
+    let logits = model.forward(&[chunk], &mut cache).expect("forward");
     logits.as_slice::<f32>().to_vec()
 }
 

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use common::ScratchDir;
 use mlx_rs::{Array, Dtype};
-use mlx_serve::model::batch::{BatchPlan, SequenceChunk};
+use mlx_serve::model::batch::SequenceChunk;
 use mlx_serve::model::config::Architecture;
 use mlx_serve::model::greedy::{self, BlockLayout, GreedyOptions, GreedyRequest};
 use mlx_serve::model::hub::HubOptions;
@@ -456,16 +456,7 @@ fn prefill_logits(model: &LlamaModel, prompts: &[&[u32]]) -> Vec<Vec<f32>> {
             block_table: table,
         })
         .collect();
-    let kv = cache.config();
-    let plan = BatchPlan::new(
-        &chunks,
-        kv.block_size,
-        kv.num_blocks,
-        model.config().context_length,
-        model.config().vocab_size,
-    )
-    .expect("plan");
-    let logits = model.forward(&plan, &mut cache).expect("forward");
+    let logits = model.forward(&chunks, &mut cache).expect("forward");
     let logits = logits.as_dtype(Dtype::Float32).expect("f32");
     let vocab = model.config().vocab_size;
     logits

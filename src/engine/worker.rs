@@ -18,7 +18,7 @@ use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
 use super::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, Step};
 use super::sequence::{Event, FinishReason, GenerationRequest, SequenceState};
 use crate::model::ModelError;
-use crate::model::batch::{BatchPlan, SequenceChunk};
+use crate::model::batch::SequenceChunk;
 use crate::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use crate::model::loader::LoadedModel;
 
@@ -305,17 +305,8 @@ impl Worker {
                 block_table: &c.block_table,
             })
             .collect();
-        let kv = self.cache.config();
         let forward_started = Instant::now();
-        let logits = BatchPlan::new(
-            &plan_chunks,
-            kv.block_size,
-            kv.num_blocks,
-            model.config().context_length,
-            model.config().vocab_size,
-        )
-        .map_err(ModelError::from)
-        .and_then(|plan| model.forward(&plan, &mut self.cache));
+        let logits = model.forward(&plan_chunks, &mut self.cache);
         self.counters.forward_seconds += forward_started.elapsed().as_secs_f64();
         let logits = match logits {
             Ok(logits) => logits,

@@ -101,10 +101,6 @@ pub struct BatchPlan {
     pub positions: Vec<i32>,
     /// `[N]` the pool slot (`block * block_size + offset`) each new token's K/V goes to.
     pub slots: Vec<i32>,
-    /// The pool geometry the plan was checked against; the forward pass refuses a plan
-    /// made for another pool.
-    pub block_size: usize,
-    pub num_blocks: usize,
     /// Per sequence, in input order.
     pub sequences: Vec<SequencePlan>,
 }
@@ -206,8 +202,6 @@ impl BatchPlan {
             token_ids,
             positions,
             slots,
-            block_size,
-            num_blocks,
             sequences,
         })
     }

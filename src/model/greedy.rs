@@ -9,7 +9,7 @@
 //! and sampling proper belong to the engine.
 
 use super::ModelError;
-use super::batch::{BatchPlan, SequenceChunk};
+use super::batch::SequenceChunk;
 use super::kv_cache::PagedKvCache;
 use super::llama::LlamaModel;
 
@@ -68,7 +68,6 @@ pub fn generate(
     options: GreedyOptions,
 ) -> Result<Vec<GreedyOutput>, ModelError> {
     let kv = cache.config();
-    let context = model.config().context_length;
     let prefill_chunk = options.prefill_chunk;
     let needs: Vec<usize> = requests
         .iter()
@@ -149,14 +148,7 @@ pub fn generate(
                 block_table: &tables[i],
             })
             .collect();
-        let plan = BatchPlan::new(
-            &chunks,
-            kv.block_size,
-            kv.num_blocks,
-            context,
-            model.config().vocab_size,
-        )?;
-        let logits = model.forward(&plan, cache)?;
+        let logits = model.forward(&chunks, cache)?;
         let logits = logits.as_slice::<f32>();
         let vocab = model.config().vocab_size;
         for (row, (&i, input)) in active.iter().zip(&inputs).enumerate() {

@@ -1,7 +1,7 @@
 //! The Llama-family transformer (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over the paged
 //! KV cache.
 //!
-//! One forward step takes a [`BatchPlan`] — sequences prefilling prompt chunks and
+//! One forward step takes [`SequenceChunk`]s — sequences prefilling prompt chunks and
 //! sequences decoding one token, mixed — and returns next-token logits for each sequence.
 //! Projections and MLP run on all new tokens packed together (that is where batching pays);
 //! attention runs per sequence over exactly its own keys — read in place from the pool when
@@ -16,7 +16,7 @@ use mlx_rs::ops::{add, concatenate, multiply};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
-use super::batch::BatchPlan;
+use super::batch::{BatchPlan, SequenceChunk};
 use super::config::ModelConfig;
 use super::kv_cache::PagedKvCache;
 use super::weights::{Linear, TensorMap, WeightMode};
@@ -197,18 +197,25 @@ impl LlamaModel {
         arrays
     }
 
-    /// Runs one step: writes the new tokens' K/V into their slots and returns f32 logits
-    /// `[B, vocab]` for the last new token of each sequence, in plan order. The step is
-    /// evaluated before returning (together with the cache, which keeps its writes in place).
-    pub fn forward(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, ModelError> {
+    /// Runs one step over `chunks` (each sequence's new tokens, cached length and block
+    /// table): plans it against this model and `cache` (refusing inconsistent chunks, see
+    /// [`BatchPlan::new`]), writes the new tokens' K/V into their slots and returns f32 logits
+    /// `[B, vocab]` for the last new token of each chunk, in order. The step is evaluated
+    /// before returning (together with the cache, which keeps its writes in place).
+    pub fn forward(
+        &self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut PagedKvCache,
+    ) -> Result<Array, ModelError> {
         let pool = cache.config();
-        if (plan.block_size, plan.num_blocks) != (pool.block_size, pool.num_blocks) {
-            return Err(ModelError::KvCache(format!(
-                "the step was planned for {} blocks of {} tokens, the pool has {} of {}",
-                plan.num_blocks, plan.block_size, pool.num_blocks, pool.block_size
-            )));
-        }
-        let logits = self.forward_lazy(plan, cache)?;
+        let plan = BatchPlan::new(
+            chunks,
+            pool.block_size,
+            pool.num_blocks,
+            self.config.context_length,
+            self.config.vocab_size,
+        )?;
+        let logits = self.forward_lazy(&plan, cache)?;
         let mut outputs = cache.arrays();
         outputs.push(&logits);
         mlx_rs::transforms::eval(outputs)?;
