@@ -1,0 +1,3 @@
+//! OpenAI request and response types.
+
+pub mod chat;
