@@ -1,11 +1,13 @@
 //! mlx-serve: an OpenAI-compatible LLM inference server on MLX (through mlx-rs).
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
-//! library directly. Modules so far: `api` (OpenAI request types and validation, the start
-//! of the HTTP layer), `config` (the validated settings of `serve`),
-//! `engine` (the continuous-batching engine: its thread and handle, block allocator, scheduler, sampling, stop strings), `model` (loading,
-//! the forward pass over the paged KV cache, tokenizer and chat templates) and `runtime`
-//! (facts about the MLX installation this process runs on).
+//! library directly. Modules, each knowing only the one below it:
+//! - `api`: OpenAI request types and their validation (the start of the HTTP layer);
+//! - `engine`: the continuous-batching engine — its thread and handle, block allocator,
+//!   scheduler, sampling, stop strings;
+//! - `model`: loading, the forward pass over the paged KV cache, tokenizer, chat templates;
+//! - `config`: the validated settings of `serve`; `runtime`: facts about the MLX
+//!   installation this process runs on.
 
 pub mod api;
 pub mod config;
