@@ -149,15 +149,17 @@ def write_json(path: Path, value) -> None:
 
 # --------------------------------------------------------------------------- model
 
-def greedy(model, prompt_ids, steps, eos_ids):
+def greedy_decode(model, prompt_ids, steps):
     """Prefill the whole prompt in one call, then feed one token per step through mlx-lm's
-    KV cache. Never stops at EOS. Returns ids, runner-up ids, top-2 logprob margins."""
+    KV cache. Never stops at EOS. Returns ids, runner-up ids, top-2 logprob margins and the
+    first step's float32 logits (numpy)."""
     import mlx.core as mx
     import numpy as np
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
     logits = model(mx.array(prompt_ids, dtype=mx.int32)[None], cache=cache)
+    first = np.array(logits[0, -1].astype(mx.float32), dtype=np.float32)
     out, runner_up, margins = [], [], []
     for _ in range(steps):
         last = logits[0, -1].astype(mx.float32)
@@ -170,6 +172,12 @@ def greedy(model, prompt_ids, steps, eos_ids):
         runner_up.append(second)
         margins.append(float(lp[chosen] - lp[second]))
         logits = model(mx.array([[chosen]], dtype=mx.int32), cache=cache)
+    return out, runner_up, margins, first
+
+
+def greedy(model, prompt_ids, steps, eos_ids):
+    """`greedy_decode`, plus the step of the first EOS id (or None)."""
+    out, runner_up, margins, _ = greedy_decode(model, prompt_ids, steps)
     first_eos = next((i for i, t in enumerate(out) if t in eos_ids), None)
     return out, runner_up, margins, first_eos
 

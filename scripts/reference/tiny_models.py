@@ -79,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import (  # noqa: E402  (same directory)
     ROOT,
     blas_in_use,
+    greedy_decode,
     maybe_preload_openblas,
     write_json,
 )
@@ -319,24 +320,7 @@ def self_check_formula() -> None:
 # --------------------------------------------------------------------------- reference
 
 def run_reference(model, prompt_ids: list[int]) -> dict:
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    logits = model(mx.array(prompt_ids, dtype=mx.int32)[None], cache=cache)
-    first = np.array(logits[0, -1].astype(mx.float32), dtype=np.float32)
-    ids, runner_up, margins = [], [], []
-    for _ in range(STEPS):
-        last = logits[0, -1].astype(mx.float32)
-        logprobs = last - mx.logsumexp(last, keepdims=True)
-        chosen = int(mx.argmax(logprobs).item())
-        lp = np.array(logprobs, dtype=np.float32)
-        order = np.argsort(-lp, kind="stable")
-        second = int(order[1]) if int(order[0]) == chosen else int(order[0])
-        ids.append(chosen)
-        runner_up.append(second)
-        margins.append(float(lp[chosen] - lp[second]))
-        logits = model(mx.array([[chosen]], dtype=mx.int32), cache=cache)
+    ids, runner_up, margins, first = greedy_decode(model, prompt_ids, STEPS)
     return {
         "output_ids": ids,
         "runner_up_ids": runner_up,
