@@ -10,7 +10,10 @@ use super::scheduler::AdmitError;
 use super::sequence::{Event, GenerationRequest};
 use super::worker::{Command, EngineConfig, Worker};
 use crate::model::ModelError;
+use crate::model::chat_template::ChatTemplate;
+use crate::model::identity::ModelIdentity;
 use crate::model::loader::LoadedModel;
+use crate::model::tokenizer::Tokenizer;
 
 /// Why a request was not started. Each maps to one HTTP status in the API layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,11 +84,21 @@ impl EventStream {
     }
 }
 
+/// What the async side knows about the loaded model: the parts it needs to turn requests
+/// into token ids and to name the model. No MLX inside; shared, read-only.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub identity: ModelIdentity,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Arc<ChatTemplate>,
+}
+
 /// Handle to a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: std::sync::mpsc::Sender<Command>,
     stats: Arc<Mutex<EngineStats>>,
+    model: Arc<ServedModel>,
 }
 
 impl EngineHandle {
@@ -105,7 +118,7 @@ impl EngineHandle {
                 Ok(mut worker) => {
                     // Stats are valid from the moment `start` returns.
                     worker.publish_stats(0.0);
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(worker.served_model()));
                     worker.run(inbox);
                 }
                 Err(e) => {
@@ -114,7 +127,11 @@ impl EngineHandle {
             })
             .map_err(|e| ModelError::KvCache(format!("cannot start the engine thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(EngineHandle { commands, stats }),
+            Ok(Ok(model)) => Ok(EngineHandle {
+                commands,
+                stats,
+                model: Arc::new(model),
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ModelError::KvCache(
                 "the engine thread died while loading the model".to_owned(),
@@ -149,6 +166,11 @@ impl EngineHandle {
             return DrainReport::default();
         }
         answer.await.unwrap_or_default()
+    }
+
+    /// The model this engine serves.
+    pub fn model(&self) -> &ServedModel {
+        &self.model
     }
 
     /// The latest snapshot (updated every step).

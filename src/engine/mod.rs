@@ -11,5 +11,5 @@ pub mod sequence;
 pub mod stop;
 mod worker;
 
-pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
+pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, ServedModel, SubmitError};
 pub use worker::EngineConfig;

@@ -169,7 +169,7 @@ impl Scheduler {
                 total: self.config.num_blocks,
             });
         }
-        let can_start_now = self.waiting.is_empty() && self.fits(&prompt);
+        let can_start_now = self.fits_behind_waiting(&prompt);
         if !can_start_now && self.waiting.len() >= self.config.max_queue {
             return Err(AdmitError::QueueFull {
                 waiting: self.waiting.len(),
@@ -187,6 +187,24 @@ impl Scheduler {
         );
         self.waiting.push_back(id);
         Ok(())
+    }
+
+    /// Whether a new prompt will be admitted at the next step: the pool can take it after
+    /// the sequences already waiting (admitted first, in order) took their blocks. Counts
+    /// the waiting ones without prefix reuse, so it errs towards refusing.
+    fn fits_behind_waiting(&self, tokens: &[u32]) -> bool {
+        if self.waiting.is_empty() {
+            return self.fits(tokens);
+        }
+        let ahead: usize = self
+            .waiting
+            .iter()
+            .map(|id| self.blocks_for(self.sequences[id].tokens.len()))
+            .sum();
+        let reusable = self.reusable_prefix(tokens).len();
+        let needed = self.blocks_for(tokens.len()) - reusable;
+        ahead + needed + self.config.watermark_blocks.min(self.config.num_blocks)
+            <= self.pool.available()
     }
 
     /// Whether a prompt can be admitted now (its uncached blocks plus the watermark).
@@ -525,6 +543,24 @@ mod tests {
             no_queue.submit(2, vec![0; 12]),
             Err(AdmitError::QueueFull { .. })
         ));
+        // Requests arriving together are all taken while the pool has room for them.
+        let mut together = Scheduler::new(SchedulerConfig {
+            num_blocks: 16,
+            max_queue: 0,
+            watermark_blocks: 2,
+            ..config()
+        });
+        together.submit(1, vec![1; 12]).unwrap();
+        together.submit(2, vec![2; 12]).unwrap();
+        together.submit(3, vec![3; 12]).unwrap();
+        together.submit(4, vec![4; 12]).unwrap();
+        // 4 x 3 blocks ahead, 3 more + 2 watermark > 16 free.
+        assert!(matches!(
+            together.submit(5, vec![5; 12]),
+            Err(AdmitError::QueueFull { .. })
+        ));
+        let step = together.schedule(&HashSet::new());
+        assert_eq!(step.admitted.len(), 4);
     }
 
     #[test]

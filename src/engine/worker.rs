@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
+use super::handle::{DrainReport, EngineStats, EventStream, ServedModel, SubmitError};
 use super::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, Step};
 use super::sequence::{Event, FinishReason, GenerationRequest, SequenceState};
 use crate::model::ModelError;
@@ -154,6 +154,14 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x5EED, |d| d.as_nanos() as u64),
         })
+    }
+
+    pub(crate) fn served_model(&self) -> ServedModel {
+        ServedModel {
+            identity: self.loaded.identity.clone(),
+            tokenizer: Arc::clone(&self.loaded.tokenizer),
+            chat_template: Arc::clone(&self.loaded.chat_template),
+        }
     }
 
     fn idle(&self) -> bool {

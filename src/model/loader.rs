@@ -76,7 +76,8 @@ pub struct LoadedModel {
     pub model: LlamaModel,
     /// Shared with the streaming detokenizers of in-flight requests.
     pub tokenizer: Arc<Tokenizer>,
-    pub chat_template: ChatTemplate,
+    /// Shared with the HTTP layer, which renders chat prompts off the engine thread.
+    pub chat_template: Arc<ChatTemplate>,
 }
 
 /// Loads `source`. Errors name the file, key or tensor at fault.
@@ -146,7 +147,7 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<LoadedModel, 
         },
         model,
         tokenizer: Arc::new(tokenizer),
-        chat_template,
+        chat_template: Arc::new(chat_template),
     })
 }
 
