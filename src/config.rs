@@ -2,8 +2,11 @@
 //! variables (a flag wins), validated once at start-up. Documented in
 //! `docs/configuration.md`.
 
+use std::time::Duration;
+
 use clap::Args;
 
+use crate::engine::EngineConfig;
 use crate::model::weights::WeightMode;
 
 /// The model `make run` serves: what `make setup` installs.
@@ -13,8 +16,20 @@ pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// prefix sharing stops working.
 pub const MAX_BLOCK_SIZE: usize = 4096;
 
+/// Default `--max-body-bytes`: far above any prompt that fits a context (8K tokens of text
+/// are ~40 KB), small enough that a hostile body cannot hurt.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "MLX_SERVE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long, env = "MLX_SERVE_PORT", default_value_t = 8000)]
+    pub port: u16,
+
     /// Model to serve: a GGUF file, a Hugging Face model folder, or a Hub id (`org/name`,
     /// taken from the Hugging Face cache, downloaded when missing).
     #[arg(long, env = "MLX_SERVE_MODEL", default_value = DEFAULT_MODEL)]
@@ -36,6 +51,34 @@ pub struct ServeSettings {
     /// Tokens per KV-cache block: the unit of allocation, prefix sharing and persistence.
     #[arg(long, env = "MLX_SERVE_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
+
+    /// Most sequences in one engine step (the running batch).
+    #[arg(long, env = "MLX_SERVE_MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
+
+    /// Requests that may wait for KV blocks; beyond it, 429. 0: 429 as soon as the pool
+    /// cannot take a request.
+    #[arg(long, env = "MLX_SERVE_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// An accepted API key (repeatable; in the environment, comma-separated). None: no
+    /// authentication.
+    #[arg(long, env = "MLX_SERVE_API_KEY", value_delimiter = ',')]
+    pub api_key: Vec<String>,
+
+    /// A browser origin allowed by CORS (repeatable; `*` = any; in the environment,
+    /// comma-separated). None: CORS off.
+    #[arg(long, env = "MLX_SERVE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "MLX_SERVE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// On SIGTERM/SIGINT, how long in-flight generations may take to finish before they
+    /// are aborted.
+    #[arg(long, env = "MLX_SERVE_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
 }
 
 fn parse_weights(value: &str) -> Result<WeightMode, String> {
@@ -55,7 +98,44 @@ impl ServeSettings {
         if self.kv_cache_mb == 0 {
             return Err("--kv-cache-mb must be at least 1".to_owned());
         }
+        if self.max_batch == 0 {
+            return Err("--max-batch must be at least 1".to_owned());
+        }
+        if self.max_body_bytes == 0 {
+            return Err("--max-body-bytes must be at least 1".to_owned());
+        }
+        if let Some(key) = self
+            .api_key
+            .iter()
+            .find(|k| k.trim().is_empty() || k.contains(' '))
+        {
+            return Err(format!(
+                "--api-key values must be non-empty and contain no spaces (got {key:?})"
+            ));
+        }
+        for origin in &self.cors_origin {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(format!(
+                    "--cors-origin must be `*` or an origin like https://example.com (got {origin:?})"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The engine's settings; what the CLI does not expose keeps the engine's defaults.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            kv_cache_bytes: self.kv_cache_bytes(),
+            block_size: self.block_size,
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            ..EngineConfig::default()
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 
     pub fn kv_cache_bytes(&self) -> usize {
@@ -84,6 +164,37 @@ mod tests {
             (16, 512)
         );
         assert!(cli.settings.validate().is_ok());
+        assert_eq!(
+            (cli.settings.host.as_str(), cli.settings.port),
+            ("127.0.0.1", 8000)
+        );
+        assert_eq!(cli.settings.drain_timeout(), Duration::from_secs(30));
+        assert!(cli.settings.api_key.is_empty() && cli.settings.cors_origin.is_empty());
+
+        let cli = Cli::try_parse_from([
+            "x",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b",
+            "--cors-origin",
+            "*",
+            "--max-queue",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.api_key, vec!["a", "b"]);
+        assert_eq!(cli.settings.engine_config().max_queue, 0);
+        assert!(cli.settings.validate().is_ok());
+        let cli = Cli::try_parse_from(["x", "--cors-origin", "example.com"]).unwrap();
+        assert!(
+            cli.settings
+                .validate()
+                .unwrap_err()
+                .contains("--cors-origin")
+        );
+        let cli = Cli::try_parse_from(["x", "--max-batch", "0"]).unwrap();
+        assert!(cli.settings.validate().unwrap_err().contains("--max-batch"));
 
         let cli = Cli::try_parse_from(["x", "--block-size", "0"]).unwrap();
         assert!(

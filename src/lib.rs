@@ -2,7 +2,8 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
 //! library directly. Modules, each knowing only the one below it:
-//! - `api`: OpenAI request types and their validation (the start of the HTTP layer);
+//! - `api`: the OpenAI-compatible HTTP server (axum): routes, types, SSE, errors, auth,
+//!   graceful shutdown;
 //! - `engine`: the continuous-batching engine — its thread and handle, block allocator,
 //!   scheduler, sampling, stop strings;
 //! - `model`: loading, the forward pass over the paged KV cache, tokenizer, chat templates;

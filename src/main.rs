@@ -1,16 +1,18 @@
 //! The `mlx-serve` command line.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use mlx_serve::api::state::AppState;
+use mlx_serve::api::{server, shutdown};
 use mlx_serve::config::ServeSettings;
-use mlx_serve::model::ChatMessage;
-use mlx_serve::model::greedy::{self, GreedyOptions, GreedyRequest};
+use mlx_serve::engine::EngineHandle;
+use mlx_serve::model::ModelError;
 use mlx_serve::model::hub::HubOptions;
-use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
-use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
+use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
 use mlx_serve::runtime::RuntimeInfo;
+use tokio::net::TcpListener;
 
 /// OpenAI-compatible LLM inference server on MLX.
 #[derive(Parser)]
@@ -22,15 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load a model and serve it.
+    /// Serve a model over the OpenAI-compatible HTTP API.
     ///
-    /// The HTTP API arrives with the engine; for now `serve` loads the model and its KV
-    /// cache, answers one smoke-test chat prompt, and exits.
+    /// Listens at once (requests get 503 until the model has loaded); SIGINT/SIGTERM
+    /// drain in-flight requests and exit 0, a second signal exits at once.
     Serve(ServeSettings),
 }
-
-/// Tokens the start-up smoke test generates.
-const SMOKE_TOKENS: usize = 24;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -42,7 +41,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(settings) => serve(&settings),
+        Command::Serve(settings) => serve(settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,79 +52,83 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(settings: &ServeSettings) -> Result<(), String> {
+fn serve(settings: ServeSettings) -> Result<(), String> {
     settings.validate()?;
     println!("{}", RuntimeInfo::detect());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(run(settings));
+    // A model still loading when a signal came must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
 
+async fn run(settings: ServeSettings) -> Result<(), String> {
+    let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", settings.host, settings.port))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let state = AppState::new(&settings);
+    let mut server = tokio::spawn({
+        let state = state.clone();
+        let settings = settings.clone();
+        async move { server::serve(listener, state, &settings, shutdown::signal()).await }
+    });
+    println!("listening on http://{address}");
+
+    let load_settings = settings.clone();
+    let loading = tokio::task::spawn_blocking(move || {
+        let config = load_settings.engine_config();
+        EngineHandle::start(move || load_model(&load_settings), config)
+    });
+    tokio::select! {
+        loaded = loading => match loaded {
+            Ok(Ok(engine)) => {
+                let stats = engine.stats();
+                let name = engine.model().identity.served_name.clone();
+                state.set_engine(engine);
+                println!(
+                    "kv cache:       {} blocks of {} tokens",
+                    stats.blocks_total, settings.block_size
+                );
+                println!("ready:          http://{address}/v1 serves {name}");
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("loading the model failed: {e}")),
+        },
+        finished = &mut server => return finished_server(finished),
+    }
+    finished_server(server.await)
+}
+
+fn finished_server(
+    finished: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), String> {
+    match finished {
+        Ok(Ok(())) => {
+            println!("shut down cleanly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("the HTTP server failed: {e}")),
+        Err(e) => Err(format!("the HTTP server task failed: {e}")),
+    }
+}
+
+/// Runs on the engine thread: the model must live on the thread that uses it.
+fn load_model(settings: &ServeSettings) -> Result<LoadedModel, ModelError> {
     let started = Instant::now();
-    let source = ModelSource::parse(&settings.model).map_err(|e| e.to_string())?;
+    let source = ModelSource::parse(&settings.model)?;
     let options = LoadOptions {
         weights: settings.weights,
         served_name: settings.served_model_name.clone(),
         hub: HubOptions::from_env(),
     };
-    let loaded = loader::load(&source, &options).map_err(|e| e.to_string())?;
+    let loaded = loader::load(&source, &options)?;
     println!("{}", loaded.summary());
     println!("loaded in:      {:.2?}", started.elapsed());
-
-    let config = loaded.model.config();
-    let dtype = loaded.model.mode().compute_dtype();
-    let kv = KvCacheConfig::from_budget(
-        settings.kv_cache_bytes(),
-        settings.block_size,
-        config,
-        dtype,
-    )?;
-    let mut cache = PagedKvCache::new(kv, config, dtype).map_err(|e| e.to_string())?;
-    println!(
-        "kv cache:       {} blocks of {} tokens = {} tokens in {} MiB",
-        kv.num_blocks,
-        kv.block_size,
-        kv.total_tokens(),
-        settings.kv_cache_mb
-    );
-
-    let question = "What is the capital of France?";
-    let prompt = loaded
-        .chat_template
-        .render(&[ChatMessage::new("user", question)], true, None)
-        .map_err(|e| e.to_string())?;
-    let ids = loaded
-        .tokenizer
-        .encode(&prompt, false)
-        .map_err(|e| e.to_string())?;
-    let request = GreedyRequest {
-        prompt: ids.clone(),
-        max_tokens: SMOKE_TOKENS,
-        join_step: 0,
-    };
-    let started = Instant::now();
-    let output = greedy::generate(
-        &loaded.model,
-        &mut cache,
-        &[request],
-        GreedyOptions::default(),
-    )
-    .map_err(|e| e.to_string())?
-    .remove(0);
-    let elapsed = started.elapsed();
-    let end = output
-        .tokens
-        .iter()
-        .position(|&t| loaded.tokenizer.is_eos(t))
-        .unwrap_or(output.tokens.len());
-    let answer = loaded
-        .tokenizer
-        .decode(&output.tokens[..end], true)
-        .map_err(|e| e.to_string())?;
-    println!("smoke test:     {question:?} -> {answer:?}");
-    println!(
-        "                {} prompt + {} generated tokens in {:.2?} ({:.1} tokens/s)",
-        ids.len(),
-        output.tokens.len(),
-        elapsed,
-        output.tokens.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!("the HTTP API is not implemented yet; nothing more to serve");
-    Ok(())
+    Ok(loaded)
 }

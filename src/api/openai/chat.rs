@@ -5,42 +5,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::sampling::{MAX_TOP_LOGPROBS, SamplingParams};
+use super::params::{GenerationFields, GenerationPlan, RequestError, refuse_unless};
 use crate::model::chat_template::ChatMessage;
-
-/// OpenAI allows at most this many stop strings.
-pub const MAX_STOP_STRINGS: usize = 4;
-
-/// A client error in the request body: `param` names the offending field (OpenAI's
-/// `error.param`), `message` says what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct RequestError {
-    pub param: Option<String>,
-    pub message: String,
-}
-
-impl RequestError {
-    fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
-        RequestError {
-            param: Some(param.into()),
-            message: message.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -67,26 +33,18 @@ pub struct RequestMessage {
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<RequestMessage>,
-    pub max_tokens: Option<u64>,
+    /// Wins over the older `max_tokens`.
     pub max_completion_tokens: Option<u64>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<u64>,
-    pub min_p: Option<f32>,
-    pub seed: Option<i64>,
-    pub stop: Option<StopField>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
-    pub n: Option<u64>,
-    pub user: Option<String>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
+    /// The fields both endpoints share.
+    #[serde(flatten)]
+    pub fields: GenerationFields,
     /// Recognised but unsupported: refused by name when used.
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
     pub response_format: Option<Value>,
 }
 
@@ -95,49 +53,44 @@ pub struct ChatCompletionRequest {
 pub struct ChatPlan {
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    pub sampling: SamplingParams,
-    /// `None`: the rest of the context (OpenAI's default).
-    pub max_tokens: Option<usize>,
-    pub stop: Vec<String>,
     /// Log-probabilities requested (`logprobs: true`), with this many alternatives.
     pub logprobs: Option<usize>,
-    pub stream: bool,
-    pub include_usage: bool,
+    pub generation: GenerationPlan,
 }
 
 impl ChatCompletionRequest {
     /// Checks every field and converts the request; the error names the field at fault.
     pub fn plan(self) -> Result<ChatPlan, RequestError> {
-        if let Some(tools) = &self.tools
-            && !tools.is_null()
-            && tools.as_array().is_none_or(|t| !t.is_empty())
-        {
-            return Err(RequestError::new(
-                "tools",
-                "tools (function calling) are not supported by this server",
-            ));
-        }
-        if let Some(choice) = &self.tool_choice
-            && !choice.is_null()
-            && choice.as_str() != Some("none")
-        {
-            return Err(RequestError::new(
-                "tool_choice",
-                "tool_choice is not supported by this server (only \"none\")",
-            ));
-        }
-        if let Some(format) = &self.response_format
-            && !format.is_null()
-            && format.get("type").and_then(Value::as_str) != Some("text")
-        {
-            return Err(RequestError::new(
-                "response_format",
-                "only response_format {\"type\": \"text\"} is supported",
-            ));
-        }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(RequestError::new("n", "only n = 1 is supported"));
-        }
+        refuse_unless(
+            "tools",
+            &self.tools,
+            |t| t.as_array().is_some_and(Vec::is_empty),
+            "tools (function calling) are not supported by this server",
+        )?;
+        refuse_unless(
+            "tool_choice",
+            &self.tool_choice,
+            |c| c.as_str() == Some("none"),
+            "tool_choice is not supported by this server (only \"none\")",
+        )?;
+        refuse_unless(
+            "functions",
+            &self.functions,
+            |f| f.as_array().is_some_and(Vec::is_empty),
+            "functions (function calling) are not supported by this server",
+        )?;
+        refuse_unless(
+            "function_call",
+            &self.function_call,
+            |c| c.as_str() == Some("none"),
+            "function_call is not supported by this server (only \"none\")",
+        )?;
+        refuse_unless(
+            "response_format",
+            &self.response_format,
+            |f| f.get("type").and_then(Value::as_str) == Some("text"),
+            "only response_format {\"type\": \"text\"} is supported",
+        )?;
         if self.messages.is_empty() {
             return Err(RequestError::new("messages", "messages must not be empty"));
         }
@@ -148,31 +101,11 @@ impl ChatCompletionRequest {
             .map(|(i, message)| convert_message(i, message))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
+        let max_tokens = match (self.max_completion_tokens, self.fields.max_tokens) {
             (Some(n), _) => Some(("max_completion_tokens", n)),
             (None, Some(n)) => Some(("max_tokens", n)),
             (None, None) => None,
         };
-        if let Some((param, 0)) = max_tokens {
-            return Err(RequestError::new(
-                param,
-                format!("{param} must be at least 1"),
-            ));
-        }
-        let max_tokens = max_tokens.map(|(_, n)| usize::try_from(n).unwrap_or(usize::MAX));
-
-        let stop = match self.stop {
-            None => Vec::new(),
-            Some(StopField::One(stop)) => vec![stop],
-            Some(StopField::Many(stops)) => stops,
-        };
-        if stop.len() > MAX_STOP_STRINGS {
-            return Err(RequestError::new(
-                "stop",
-                format!("at most {MAX_STOP_STRINGS} stop sequences are allowed"),
-            ));
-        }
-
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (false, Some(_)) => {
                 return Err(RequestError::new(
@@ -183,46 +116,12 @@ impl ChatCompletionRequest {
             (false, None) => None,
             (true, top) => Some(usize::try_from(top.unwrap_or(0)).unwrap_or(usize::MAX)),
         };
-        let defaults = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: self.temperature.unwrap_or(defaults.temperature),
-            top_p: self.top_p.unwrap_or(defaults.top_p),
-            top_k: match self.top_k {
-                // 0 (and -1 in some clients, not representable here) mean "off".
-                Some(0) | None => None,
-                Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX)),
-            },
-            min_p: self.min_p.unwrap_or(defaults.min_p),
-            seed: self.seed.map(|s| s as u64),
-            presence_penalty: self.presence_penalty.unwrap_or(0.0),
-            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            top_logprobs: logprobs.filter(|&n| n > 0),
-        };
-        if let Err(message) = sampling.validate() {
-            let param = message
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return Err(RequestError::new(param, message));
-        }
-        if logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-            return Err(RequestError::new(
-                "top_logprobs",
-                format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"),
-            ));
-        }
-        let stream = self.stream.unwrap_or(false);
+        let generation = self.fields.plan(max_tokens, logprobs)?;
         Ok(ChatPlan {
             model: self.model,
             messages,
-            sampling,
-            max_tokens,
-            stop,
             logprobs,
-            stream,
-            include_usage: stream && self.stream_options.is_some_and(|o| o.include_usage),
+            generation,
         })
     }
 }
@@ -274,6 +173,7 @@ fn convert_message(index: usize, message: &RequestMessage) -> Result<ChatMessage
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::sampling::SamplingParams;
 
     fn parse(body: &str) -> Result<ChatPlan, RequestError> {
         serde_json::from_str::<ChatCompletionRequest>(body)
@@ -301,21 +201,26 @@ mod tests {
                 ChatMessage::new("user", "Hi there")
             ]
         );
-        assert_eq!(plan.max_tokens, Some(20), "max_completion_tokens wins");
-        assert_eq!(plan.sampling.temperature, 0.0);
-        assert_eq!(plan.sampling.seed, Some(3));
-        assert_eq!(plan.sampling.top_logprobs, Some(2));
+        let generation = &plan.generation;
         assert_eq!(
-            (plan.logprobs, plan.stop),
-            (Some(2), vec!["END".to_owned()])
+            generation.max_tokens,
+            Some(20),
+            "max_completion_tokens wins"
         );
-        assert!(plan.stream && plan.include_usage);
+        assert_eq!(generation.sampling.temperature, 0.0);
+        assert_eq!(generation.sampling.seed, Some(3));
+        assert_eq!(generation.sampling.top_logprobs, Some(2));
+        assert_eq!(
+            (plan.logprobs, &generation.stop),
+            (Some(2), &vec!["END".to_owned()])
+        );
+        assert!(generation.stream && generation.include_usage);
 
         let defaults =
             parse(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}]}"#).unwrap();
-        assert_eq!(defaults.max_tokens, None);
-        assert_eq!(defaults.sampling, SamplingParams::default());
-        assert!(!defaults.stream && !defaults.include_usage);
+        assert_eq!(defaults.generation.max_tokens, None);
+        assert_eq!(defaults.generation.sampling, SamplingParams::default());
+        assert!(!defaults.generation.stream && !defaults.generation.include_usage);
     }
 
     #[test]
@@ -328,18 +233,22 @@ mod tests {
         };
         assert_eq!(param(&with(r#""tools": [{"type": "function"}]"#)), "tools");
         assert_eq!(param(&with(r#""tool_choice": "auto""#)), "tool_choice");
+        assert_eq!(param(&with(r#""functions": [{"name": "f"}]"#)), "functions");
         assert_eq!(
             param(&with(r#""response_format": {"type": "json_object"}"#)),
             "response_format"
         );
         assert_eq!(param(&with(r#""n": 2"#)), "n");
         assert_eq!(param(&with(r#""max_tokens": 0"#)), "max_tokens");
-        assert_eq!(param(&with(r#""temperature": 3"#)), "temperature");
+        assert_eq!(
+            param(&with(r#""max_completion_tokens": 0"#)),
+            "max_completion_tokens"
+        );
         assert_eq!(param(&with(r#""top_logprobs": 3"#)), "top_logprobs");
-        assert_eq!(param(&with(r#""stop": ["a","b","c","d","e"]"#)), "stop");
         // Harmless forms of the recognised fields pass.
         assert!(parse(&with(r#""tools": [], "tool_choice": "none""#)).is_ok());
         assert!(parse(&with(r#""response_format": {"type": "text"}, "n": 1"#)).is_ok());
+        assert!(parse(&with(r#""tools": null, "response_format": null"#)).is_ok());
         let image = r#"{"model": "m", "messages": [{"role": "user", "content":
             [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#;
         assert_eq!(param(image), "messages[0].content[0].type");

@@ -1,0 +1,196 @@
+//! From a checked request to engine generations and back: rendering and tokenizing the
+//! prompt (off the async threads: a large prompt takes milliseconds), fitting the
+//! completion length into the context as OpenAI does, and collecting a generation for a
+//! non-streaming response.
+
+use crate::api::error::ApiError;
+use crate::engine::sequence::{Event, FinishReason, GenerationRequest};
+use crate::engine::{EngineHandle, EventStream};
+use crate::model::chat_template::{ChatMessage, ChatTemplateError};
+
+use super::completions::PromptInput;
+use super::params::GenerationPlan;
+use super::response::Completed;
+
+/// Renders `messages` with the model's chat template and tokenizes the result.
+pub async fn chat_prompt(
+    engine: &EngineHandle,
+    messages: Vec<ChatMessage>,
+) -> Result<Vec<u32>, ApiError> {
+    let engine = engine.clone();
+    blocking(move || {
+        let model = engine.model();
+        let text =
+            model
+                .chat_template
+                .render(&messages, true, None)
+                .map_err(|error| match error {
+                    ChatTemplateError::Raised(message) => ApiError::invalid_request(
+                        Some("messages".to_owned()),
+                        format!("the model's chat template refused the messages: {message}"),
+                    ),
+                    other => ApiError::internal(format!("the chat template failed: {other}")),
+                })?;
+        model
+            .tokenizer
+            .encode(&text, false)
+            .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))
+    })
+    .await
+}
+
+/// Tokenizes the prompts of a completion request (text with the model's BOS rule; token
+/// ids as given).
+pub async fn completion_prompts(
+    engine: &EngineHandle,
+    prompts: Vec<PromptInput>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let engine = engine.clone();
+    blocking(move || {
+        let tokenizer = &engine.model().tokenizer;
+        prompts
+            .into_iter()
+            .map(|prompt| match prompt {
+                PromptInput::Tokens(ids) => Ok(ids),
+                PromptInput::Text(text) => tokenizer
+                    .encode(&text, true)
+                    .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}"))),
+            })
+            .collect()
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(ApiError::internal(format!(
+            "prompt preparation failed: {e}"
+        )))
+    })
+}
+
+/// The engine request for one prompt. Like OpenAI: without `max_tokens` the completion may
+/// use the rest of the context; a prompt that leaves no room, or an explicit `max_tokens`
+/// that does not fit beside the prompt, is a 400 `context_length_exceeded`.
+pub fn generation_request(
+    prompt: Vec<u32>,
+    plan: &GenerationPlan,
+    context_length: usize,
+    prompt_param: &str,
+) -> Result<GenerationRequest, ApiError> {
+    let prompt_tokens = prompt.len();
+    if prompt_tokens >= context_length {
+        return Err(ApiError::context_length_exceeded(
+            prompt_param,
+            format!(
+                "This model's maximum context length is {context_length} tokens. However, \
+                 your prompt has {prompt_tokens} tokens, leaving no room for a completion. \
+                 Please shorten the prompt."
+            ),
+        ));
+    }
+    let room = context_length - prompt_tokens;
+    let max_tokens = match plan.max_tokens {
+        Some(requested) if requested > room => {
+            return Err(ApiError::context_length_exceeded(
+                "max_tokens",
+                format!(
+                    "This model's maximum context length is {context_length} tokens. However, \
+                     you requested {} tokens ({prompt_tokens} in the prompt, {requested} for \
+                     the completion). Please reduce the prompt or the completion length.",
+                    prompt_tokens.saturating_add(requested)
+                ),
+            ));
+        }
+        Some(requested) => requested,
+        None => room,
+    };
+    Ok(GenerationRequest {
+        prompt,
+        sampling: plan.sampling.clone(),
+        max_tokens,
+        stop: plan.stop.clone(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: plan.ignore_eos,
+    })
+}
+
+/// Submits every request; if one is refused, the others (already admitted) are dropped,
+/// which cancels them.
+pub async fn submit_all(
+    engine: &EngineHandle,
+    requests: Vec<GenerationRequest>,
+) -> Result<Vec<EventStream>, ApiError> {
+    let submissions = requests.into_iter().map(|request| engine.submit(request));
+    futures_util::future::join_all(submissions)
+        .await
+        .into_iter()
+        .map(|result| result.map_err(ApiError::from))
+        .collect()
+}
+
+/// Waits for the whole generation. Dropping this future (the client went away) drops the
+/// stream, which cancels the generation in the engine.
+pub async fn collect(mut events: EventStream, keep_tokens: bool) -> Result<Completed, ApiError> {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Token {
+                sampled,
+                text: delta,
+            } => {
+                text.push_str(&delta);
+                if keep_tokens {
+                    tokens.push(sampled);
+                }
+            }
+            Event::Finished {
+                text: tail,
+                reason,
+                usage,
+            } => {
+                if matches!(reason, FinishReason::Aborted | FinishReason::Cancelled) {
+                    return Err(ApiError::aborted(usage.completion_tokens));
+                }
+                text.push_str(&tail);
+                return Ok(Completed {
+                    text,
+                    tokens,
+                    reason,
+                    usage,
+                });
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "the inference engine stopped before the generation finished",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openai::params::GenerationFields;
+
+    fn plan(max_tokens: Option<u64>) -> GenerationPlan {
+        GenerationFields::default()
+            .plan(max_tokens.map(|n| ("max_tokens", n)), None)
+            .unwrap()
+    }
+
+    #[test]
+    fn completion_length_fits_the_context() {
+        let request = generation_request(vec![1; 10], &plan(None), 100, "prompt").unwrap();
+        assert_eq!(request.max_tokens, 90, "default: the rest of the context");
+        let request = generation_request(vec![1; 10], &plan(Some(90)), 100, "prompt").unwrap();
+        assert_eq!(request.max_tokens, 90);
+        let error = generation_request(vec![1; 10], &plan(Some(91)), 100, "prompt").unwrap_err();
+        assert_eq!(error.code, Some("context_length_exceeded"));
+        assert_eq!(error.param.as_deref(), Some("max_tokens"));
+        let error = generation_request(vec![1; 100], &plan(None), 100, "prompt").unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("prompt"));
+    }
+}

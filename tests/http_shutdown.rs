@@ -1,0 +1,186 @@
+//! Graceful shutdown of the real binary: SIGTERM while streams are active lets them finish
+//! (new requests get 503, readiness goes 503), then the process exits 0; a second signal
+//! exits at once.
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use server::{MODEL, assert_envelope, sse_data};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Served {
+    child: Child,
+    base: String,
+    /// The rest of stdout, read on a thread.
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `mlx-serve serve` on a free port and waits until the model is ready.
+fn start(extra: &[&str]) -> Served {
+    let model = common::default_model_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-serve"))
+        .args(["serve", "--port", "0", "--kv-cache-mb", "64", "--model"])
+        .arg(&model)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mlx-serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut base = None;
+    loop {
+        let line = rx
+            .recv_timeout(DEADLINE.saturating_sub(started.elapsed()))
+            .expect("mlx-serve did not get ready in time");
+        if let Some(address) = line.strip_prefix("listening on ") {
+            base = Some(address.trim().to_owned());
+        }
+        if line.starts_with("ready:") {
+            break;
+        }
+    }
+    Served {
+        child,
+        base: base.expect("a `listening on` line before `ready:`"),
+        output: rx,
+    }
+}
+
+impl Served {
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit (panics after `deadline`) and returns the exit code.
+    fn wait(&mut self, deadline: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "mlx-serve did not exit in {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap()
+}
+
+fn streaming_chat(max_tokens: u64) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story."}],
+           "max_tokens": max_tokens, "ignore_eos": true, "temperature": 0, "stream": true,
+           "stream_options": {"include_usage": true}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_active_streams_finish_then_exits_zero() {
+    let mut served = start(&["--drain-timeout-secs", "60"]);
+    let url = |path: &str| format!("{}{path}", served.base);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut response = client()
+            .post(url("/v1/chat/completions"))
+            .json(&streaming_chat(40))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let first = response.chunk().await.unwrap().expect("a first chunk");
+        streams.push((response, first.to_vec()));
+    }
+    served.signal("TERM");
+
+    // Readiness goes 503 and new requests are refused while the streams finish.
+    let started = Instant::now();
+    loop {
+        let ready = client().get(url("/health/ready")).send().await.unwrap();
+        if ready.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "readiness never went 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = client()
+        .post(url("/v1/chat/completions"))
+        .json(&streaming_chat(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(assert_envelope(&body)["code"], "server_shutting_down");
+
+    for (mut response, mut body) in streams {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        let events = sse_data(&String::from_utf8(body).unwrap());
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(
+            usage["usage"]["completion_tokens"], 40,
+            "the stream finished whole"
+        );
+        let last: Value = serde_json::from_str(&events[events.len() - 3]).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+    }
+    assert_eq!(served.wait(DEADLINE), Some(0));
+    let said: Vec<String> = served.output.try_iter().collect();
+    assert!(
+        said.iter().any(|l| l.contains("shut down cleanly")),
+        "{said:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut served = start(&["--drain-timeout-secs", "600"]);
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", served.base))
+        .json(&streaming_chat(2000))
+        .send()
+        .await
+        .unwrap();
+    response.chunk().await.unwrap().expect("a first chunk");
+    served.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.signal("INT");
+    assert_eq!(served.wait(Duration::from_secs(20)), Some(130));
+}
