@@ -1,6 +1,5 @@
 //! The `mlx-serve` command line.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -31,7 +30,7 @@ enum Command {
     Serve(ServeSettings),
 }
 
-fn main() -> ExitCode {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,13 +42,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => serve(settings),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(message) => {
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // The engine thread may still be inside MLX (a model loading when a signal came, or
+    // freeing its state): end without running C++ static destructors under it.
+    shutdown::exit_now(code)
 }
 
 fn serve(settings: ServeSettings) -> Result<(), String> {

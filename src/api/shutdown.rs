@@ -27,7 +27,7 @@ pub async fn signal() {
 
 /// Ends the process without running exit handlers: the engine thread may be inside MLX,
 /// and the C++ runtime's static destructors must not run under it (they can block).
-fn exit_now(code: i32) -> ! {
+pub fn exit_now(code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     #[cfg(unix)]

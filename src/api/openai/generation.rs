@@ -29,7 +29,11 @@ pub async fn chat_prompt(
                         Some("messages".to_owned()),
                         format!("the model's chat template refused the messages: {message}"),
                     ),
-                    other => ApiError::internal(format!("the chat template failed: {other}")),
+                    // Rendering depends on the messages (the template was compiled at load).
+                    other => ApiError::invalid_request(
+                        Some("messages".to_owned()),
+                        format!("the model's chat template cannot render these messages: {other}"),
+                    ),
                 })?;
         model
             .tokenizer
@@ -115,20 +119,6 @@ pub fn generation_request(
         stop_token_ids: Vec::new(),
         ignore_eos: plan.ignore_eos,
     })
-}
-
-/// Submits every request; if one is refused, the others (already admitted) are dropped,
-/// which cancels them.
-pub async fn submit_all(
-    engine: &EngineHandle,
-    requests: Vec<GenerationRequest>,
-) -> Result<Vec<EventStream>, ApiError> {
-    let submissions = requests.into_iter().map(|request| engine.submit(request));
-    futures_util::future::join_all(submissions)
-        .await
-        .into_iter()
-        .map(|result| result.map_err(ApiError::from))
-        .collect()
 }
 
 /// Waits for the whole generation. Dropping this future (the client went away) drops the

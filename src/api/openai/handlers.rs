@@ -8,7 +8,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::chat::ChatCompletionRequest;
 use super::completions::CompletionRequest;
-use super::generation::{self, chat_prompt, completion_prompts, generation_request, submit_all};
+use futures_util::FutureExt;
+use futures_util::future::ready;
+
+use super::generation::{self, chat_prompt, completion_prompts, generation_request};
 use super::params::GenerationPlan;
 use super::response::{Endpoint, ResponseContext};
 use super::stream::sse_response;
@@ -17,6 +20,7 @@ use crate::api::error::ApiError;
 use crate::api::json::JsonBody;
 use crate::api::state::AppState;
 use crate::engine::EngineHandle;
+use crate::engine::sequence::GenerationRequest;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -85,21 +89,44 @@ async fn respond(
     endpoint: Endpoint,
     logprobs: Option<usize>,
     plan: &GenerationPlan,
-    requests: Vec<crate::engine::sequence::GenerationRequest>,
+    requests: Vec<GenerationRequest>,
 ) -> Result<Response, ApiError> {
-    let streams = submit_all(engine, requests).await?;
     let context = ResponseContext::new(endpoint, engine.model(), logprobs, plan.include_usage);
     if plan.stream {
-        return Ok(sse_response(context, streams));
+        return stream_response(engine, context, requests).await;
     }
+    // Each generation is read while the others wait for admission: admitted ones must not
+    // stall on full channels while holding the batch slots the rest are waiting for.
     let keep_tokens = logprobs.is_some();
-    let collected = futures_util::future::join_all(
-        streams
-            .into_iter()
-            .map(|events| generation::collect(events, keep_tokens)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
+    let generations = requests.into_iter().map(|request| {
+        let engine = engine.clone();
+        async move {
+            let events = engine.submit(request).await?;
+            generation::collect(events, keep_tokens).await
+        }
+    });
+    let collected = futures_util::future::try_join_all(generations).await?;
     Ok(Json(context.response(&collected)).into_response())
+}
+
+/// A single generation is admitted before the response starts, so a refusal is a plain
+/// HTTP error (429, 503). With several prompts, each is submitted inside the stream and
+/// read as soon as it is admitted; a refusal then arrives as an error event.
+async fn stream_response(
+    engine: &EngineHandle,
+    context: ResponseContext,
+    mut requests: Vec<GenerationRequest>,
+) -> Result<Response, ApiError> {
+    if requests.len() == 1 {
+        let events = engine.submit(requests.remove(0)).await?;
+        return Ok(sse_response(context, vec![ready(Ok(events)).boxed()]));
+    }
+    let submissions = requests
+        .into_iter()
+        .map(|request| {
+            let engine = engine.clone();
+            async move { engine.submit(request).await.map_err(ApiError::from) }.boxed()
+        })
+        .collect();
+    Ok(sse_response(context, submissions))
 }

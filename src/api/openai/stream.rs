@@ -16,6 +16,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 
 use super::response::{Delta, Endpoint, ResponseContext};
@@ -24,12 +25,15 @@ use crate::engine::EventStream;
 use crate::engine::sampling::SampledToken;
 use crate::engine::sequence::{Event, FinishReason, Usage};
 
-/// The SSE response for the generations of one request (choice `i` = `streams[i]`).
-pub fn sse_response(context: ResponseContext, streams: Vec<EventStream>) -> Response {
-    let choices = streams.len();
+/// A generation's events once it is admitted, or why it was refused.
+pub type Submission = BoxFuture<'static, Result<EventStream, ApiError>>;
+
+/// The SSE response for the generations of one request (choice `i` = `submissions[i]`).
+pub fn sse_response(context: ResponseContext, submissions: Vec<Submission>) -> Response {
+    let choices = submissions.len();
     let mut merged = SelectAll::new();
-    for (index, events) in streams.into_iter().enumerate() {
-        merged.push(choice_events(index, events));
+    for (index, submission) in submissions.into_iter().enumerate() {
+        merged.push(choice_events(index, submission));
     }
     let mut state = StreamState {
         context,
@@ -59,12 +63,23 @@ pub fn sse_response(context: ResponseContext, streams: Vec<EventStream>) -> Resp
     Sse::new(body).into_response()
 }
 
-fn choice_events(index: usize, events: EventStream) -> BoxStream<'static, (usize, Event)> {
-    stream::unfold(events, move |mut events| async move {
-        let event = events.next().await?;
-        Some(((index, event), events))
-    })
-    .boxed()
+/// What one choice contributes to the merged stream.
+enum Item {
+    Event(Event),
+    Refused(ApiError),
+}
+
+fn choice_events(index: usize, submission: Submission) -> BoxStream<'static, (usize, Item)> {
+    stream::once(submission)
+        .flat_map(move |admitted| match admitted {
+            Ok(events) => stream::unfold(events, move |mut events| async move {
+                let event = events.next().await?;
+                Some(((index, Item::Event(event)), events))
+            })
+            .boxed(),
+            Err(error) => stream::once(async move { (index, Item::Refused(error)) }).boxed(),
+        })
+        .boxed()
 }
 
 fn data(payload: String) -> SseEvent {
@@ -103,7 +118,7 @@ struct ChoiceState {
 
 struct StreamState {
     context: ResponseContext,
-    merged: SelectAll<BoxStream<'static, (usize, Event)>>,
+    merged: SelectAll<BoxStream<'static, (usize, Item)>>,
     queue: VecDeque<SseEvent>,
     choices: Vec<ChoiceState>,
     /// An error event was sent: no usage chunk follows.
@@ -121,7 +136,8 @@ impl StreamState {
                 return None;
             }
             match self.merged.next().await {
-                Some((index, event)) => self.on_event(index, event),
+                Some((index, Item::Event(event))) => self.on_event(index, event),
+                Some((_, Item::Refused(error))) => self.fail(error),
                 None => self.on_end(),
             }
         }
