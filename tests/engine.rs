@@ -9,26 +9,11 @@ use std::time::Duration;
 use mlx_serve::engine::sampling::SamplingParams;
 use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
 use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
-use mlx_serve::model::hub::HubOptions;
-use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
-use mlx_serve::model::weights::WeightMode;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn start(config: EngineConfig) -> EngineHandle {
-    EngineHandle::start(
-        || {
-            let source = ModelSource::Gguf(common::default_model_path());
-            let options = LoadOptions {
-                weights: WeightMode::F32,
-                served_name: None,
-                hub: HubOptions::default(),
-            };
-            loader::load(&source, &options)
-        },
-        config,
-    )
-    .expect("start the engine")
+    EngineHandle::start(common::load_default_model, config).expect("start the engine")
 }
 
 fn small_config() -> EngineConfig {

@@ -13,8 +13,11 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Mutex, OnceLock};
 
 use mlx_rs::io::GgufFile;
+use mlx_serve::model::ModelError;
 use mlx_serve::model::gguf;
+use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::llama::LlamaModel;
+use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
 use mlx_serve::model::weights::WeightMode;
 
 pub fn default_model_path() -> PathBuf {
@@ -25,6 +28,17 @@ pub fn default_model_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Loads the default model as `serve` would, with f32 weights (for engine and server tests;
+/// call it on the thread that will use the model).
+pub fn load_default_model() -> Result<LoadedModel, ModelError> {
+    let options = LoadOptions {
+        weights: WeightMode::F32,
+        served_name: None,
+        hub: HubOptions::default(),
+    };
+    loader::load(&ModelSource::Gguf(default_model_path()), &options)
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {

@@ -13,9 +13,6 @@ use mlx_serve::api::server;
 use mlx_serve::api::state::AppState;
 use mlx_serve::config::ServeSettings;
 use mlx_serve::engine::{EngineHandle, EngineStats};
-use mlx_serve::model::hub::HubOptions;
-use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
-use mlx_serve::model::weights::WeightMode;
 use serde_json::Value;
 
 /// The name the default model is served under.
@@ -46,7 +43,6 @@ impl TestServer {
     /// Loads the default model and serves it with `args` (plus `--port 0`).
     pub fn start(args: &[&str]) -> TestServer {
         let settings = settings(args);
-        let path = crate::common::default_model_path();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -64,14 +60,7 @@ impl TestServer {
                     let address = listener.local_addr().expect("address");
                     let state = AppState::new(&settings);
                     let engine = EngineHandle::start(
-                        move || {
-                            let options = LoadOptions {
-                                weights: WeightMode::F32,
-                                served_name: None,
-                                hub: HubOptions::default(),
-                            };
-                            loader::load(&ModelSource::Gguf(path), &options)
-                        },
+                        crate::common::load_default_model,
                         settings.engine_config(),
                     )
                     .expect("start the engine");
