@@ -37,6 +37,7 @@ fn engine() -> EngineHandle {
             max_batch: 16,
             ..EngineConfig::default()
         },
+        Default::default(),
     )
     .expect("start the engine")
 }

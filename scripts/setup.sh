@@ -37,7 +37,8 @@ OS=$(uname -s)
 
 # ---------------------------------------------------------------- 1. system packages
 debian_packages() {
-  local wanted=(cmake g++ libclang-dev libopenblas0-pthread curl)
+  # prometheus: its promtool checks the /metrics output in the tests.
+  local wanted=(cmake g++ libclang-dev libopenblas0-pthread curl prometheus)
   command -v "$PYTHON" >/dev/null 2>&1 || wanted+=(python3)
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then wanted+=(python3-pip); fi
   local missing=()
@@ -70,6 +71,8 @@ macos_tools() {
     || die "the Xcode command line tools are missing: run xcode-select --install"
   command -v cmake >/dev/null 2>&1 || die "cmake is missing: brew install cmake"
   "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON is missing"
+  command -v promtool >/dev/null 2>&1 \
+    || die "promtool (checks /metrics in the tests) is missing: brew install prometheus"
 }
 
 RUST_MIN=1.88
@@ -87,7 +90,7 @@ done
 case "$OS" in
   Linux)
     command -v dpkg-query >/dev/null 2>&1 \
-      || die "this script installs packages with apt (Debian/Ubuntu). Elsewhere install cmake, a C++20 g++, libclang, OpenBLAS (libopenblas.so.0) and python3 with pip, then rerun."
+      || die "this script installs packages with apt (Debian/Ubuntu). Elsewhere install cmake, a C++20 g++, libclang, OpenBLAS (libopenblas.so.0), python3 with pip and promtool (Prometheus), then rerun."
     debian_packages
     ;;
   Darwin) macos_tools ;;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::engine::EngineConfig;
 use crate::model::weights::WeightMode;
@@ -79,6 +79,27 @@ pub struct ServeSettings {
     /// are aborted.
     #[arg(long, env = "MLX_SERVE_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+
+    /// `/health/ready` answers 503 while more than this fraction of the KV cache blocks is
+    /// in use, so a load balancer sends new work elsewhere (1: never).
+    #[arg(long, env = "MLX_SERVE_READY_MAX_KV_USAGE", default_value_t = 0.95)]
+    pub ready_max_kv_usage: f64,
+
+    /// Require an API key for `/metrics` and `/v1/stats` too (when API keys are set; by
+    /// default they stay open for scrapers).
+    #[arg(long, env = "MLX_SERVE_METRICS_REQUIRE_API_KEY")]
+    pub metrics_require_api_key: bool,
+
+    /// Log lines as human-readable text or as JSON objects (one per line).
+    #[arg(long, env = "MLX_SERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_weights(value: &str) -> Result<WeightMode, String> {
@@ -100,6 +121,12 @@ impl ServeSettings {
         }
         if self.max_batch == 0 {
             return Err("--max-batch must be at least 1".to_owned());
+        }
+        if !(self.ready_max_kv_usage > 0.0 && self.ready_max_kv_usage <= 1.0) {
+            return Err(format!(
+                "--ready-max-kv-usage must be a fraction in (0, 1] (got {})",
+                self.ready_max_kv_usage
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".to_owned());
@@ -143,36 +170,35 @@ impl ServeSettings {
     }
 }
 
+/// Settings from `serve`'s arguments, for tests across the crate.
 #[cfg(test)]
-mod tests {
+pub(crate) fn parse_args(args: &[&str]) -> Result<ServeSettings, clap::Error> {
     use clap::Parser;
-
-    use super::*;
 
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         settings: ServeSettings,
     }
+    Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+        .map(|cli| cli.settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn defaults_and_validation() {
-        let cli = Cli::try_parse_from(["x"]).unwrap();
-        assert_eq!(cli.settings.model, DEFAULT_MODEL);
-        assert_eq!(
-            (cli.settings.block_size, cli.settings.kv_cache_mb),
-            (16, 512)
-        );
-        assert!(cli.settings.validate().is_ok());
-        assert_eq!(
-            (cli.settings.host.as_str(), cli.settings.port),
-            ("127.0.0.1", 8000)
-        );
-        assert_eq!(cli.settings.drain_timeout(), Duration::from_secs(30));
-        assert!(cli.settings.api_key.is_empty() && cli.settings.cors_origin.is_empty());
+        let settings = parse_args(&[]).unwrap();
+        assert_eq!(settings.model, DEFAULT_MODEL);
+        assert_eq!((settings.block_size, settings.kv_cache_mb), (16, 512));
+        assert!(settings.validate().is_ok());
+        assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 8000));
+        assert_eq!(settings.drain_timeout(), Duration::from_secs(30));
+        assert!(settings.api_key.is_empty() && settings.cors_origin.is_empty());
 
-        let cli = Cli::try_parse_from([
-            "x",
+        let settings = parse_args(&[
             "--api-key",
             "a",
             "--api-key",
@@ -183,35 +209,34 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(cli.settings.api_key, vec!["a", "b"]);
-        assert_eq!(cli.settings.engine_config().max_queue, 0);
-        assert!(cli.settings.validate().is_ok());
-        let cli = Cli::try_parse_from(["x", "--cors-origin", "example.com"]).unwrap();
-        assert!(
-            cli.settings
-                .validate()
-                .unwrap_err()
-                .contains("--cors-origin")
-        );
-        let cli = Cli::try_parse_from(["x", "--max-batch", "0"]).unwrap();
-        assert!(cli.settings.validate().unwrap_err().contains("--max-batch"));
+        assert_eq!(settings.api_key, vec!["a", "b"]);
+        assert_eq!(settings.engine_config().max_queue, 0);
+        assert!(settings.validate().is_ok());
+        let settings = parse_args(&["--cors-origin", "example.com"]).unwrap();
+        assert!(settings.validate().unwrap_err().contains("--cors-origin"));
+        assert_eq!(settings.log_format, LogFormat::Text);
+        assert!(!settings.metrics_require_api_key);
+        let settings = parse_args(&["--log-format", "json"]).unwrap();
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert!(parse_args(&["--log-format", "xml"]).is_err());
+        for bad in ["0", "1.5", "NaN"] {
+            let settings = parse_args(&["--ready-max-kv-usage", bad]).unwrap();
+            assert!(
+                settings
+                    .validate()
+                    .unwrap_err()
+                    .contains("--ready-max-kv-usage")
+            );
+        }
+        let settings = parse_args(&["--max-batch", "0"]).unwrap();
+        assert!(settings.validate().unwrap_err().contains("--max-batch"));
 
-        let cli = Cli::try_parse_from(["x", "--block-size", "0"]).unwrap();
-        assert!(
-            cli.settings
-                .validate()
-                .unwrap_err()
-                .contains("--block-size")
-        );
-        let cli = Cli::try_parse_from(["x", "--kv-cache-mb", "0"]).unwrap();
-        assert!(
-            cli.settings
-                .validate()
-                .unwrap_err()
-                .contains("--kv-cache-mb")
-        );
-        let cli = Cli::try_parse_from(["x", "--weights", "f16"]).unwrap();
-        assert_eq!(cli.settings.weights, WeightMode::F16);
-        assert!(Cli::try_parse_from(["x", "--weights", "q3"]).is_err());
+        let settings = parse_args(&["--block-size", "0"]).unwrap();
+        assert!(settings.validate().unwrap_err().contains("--block-size"));
+        let settings = parse_args(&["--kv-cache-mb", "0"]).unwrap();
+        assert!(settings.validate().unwrap_err().contains("--kv-cache-mb"));
+        let settings = parse_args(&["--weights", "f16"]).unwrap();
+        assert_eq!(settings.weights, WeightMode::F16);
+        assert!(parse_args(&["--weights", "q3"]).is_err());
     }
 }

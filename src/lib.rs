@@ -7,11 +7,14 @@
 //! - `engine`: the continuous-batching engine — its thread and handle, block allocator,
 //!   scheduler, sampling, stop strings;
 //! - `model`: loading, the forward pass over the paged KV cache, tokenizer, chat templates;
+//! - `metrics`: latency histograms and counters recorded by the HTTP layer and the engine,
+//!   rendered for Prometheus and as JSON;
 //! - `config`: the validated settings of `serve`; `runtime`: facts about the MLX
 //!   installation this process runs on.
 
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod runtime;

@@ -1,11 +1,12 @@
 //! The `mlx-serve` command line.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use mlx_serve::api::state::AppState;
 use mlx_serve::api::{server, shutdown};
-use mlx_serve::config::ServeSettings;
+use mlx_serve::config::{LogFormat, ServeSettings};
 use mlx_serve::engine::EngineHandle;
 use mlx_serve::model::ModelError;
 use mlx_serve::model::hub::HubOptions;
@@ -31,14 +32,9 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let Command::Serve(settings) = &cli.command;
+    init_logging(settings.log_format);
     let result = match cli.command {
         Command::Serve(settings) => serve(settings),
     };
@@ -52,6 +48,20 @@ fn main() {
     // The engine thread may still be inside MLX (a model loading when a signal came, or
     // freeing its state): end without running C++ static destructors under it.
     shutdown::exit_now(code)
+}
+
+/// Log lines go to standard error, as text or JSON; `RUST_LOG` filters them (default
+/// `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 fn serve(settings: ServeSettings) -> Result<(), String> {
@@ -83,9 +93,10 @@ async fn run(settings: ServeSettings) -> Result<(), String> {
     println!("listening on http://{address}");
 
     let load_settings = settings.clone();
+    let engine_metrics = Arc::clone(&state.metrics().engine);
     let loading = tokio::task::spawn_blocking(move || {
         let config = load_settings.engine_config();
-        EngineHandle::start(move || load_model(&load_settings), config)
+        EngineHandle::start(move || load_model(&load_settings), config, engine_metrics)
     });
     tokio::select! {
         loaded = loading => match loaded {

@@ -13,7 +13,8 @@ use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn start(config: EngineConfig) -> EngineHandle {
-    EngineHandle::start(common::load_default_model, config).expect("start the engine")
+    EngineHandle::start(common::load_default_model, config, Default::default())
+        .expect("start the engine")
 }
 
 fn small_config() -> EngineConfig {

@@ -1,9 +1,13 @@
 //! Limits and access on a real server: a KV pool that holds one long prompt but not two,
-//! no wait queue (`--max-queue 0`), API keys and CORS. Pool exhaustion under concurrent load
-//! must answer 429 with `Retry-After` and never 5xx; the official `openai` Python package
-//! must work against the server, its errors included.
+//! no wait queue (`--max-queue 0`), readiness that fails above 30 % of the pool in use,
+//! API keys and CORS. Pool exhaustion under concurrent load must answer 429 with
+//! `Retry-After` and never 5xx, and be counted in `/metrics` (open to scrapers without a
+//! key); the official `openai` Python package must work against the server, its errors
+//! included.
 
 mod common;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 #[path = "common/server.rs"]
 mod server;
 
@@ -29,6 +33,8 @@ fn server() -> &'static TestServer {
             "29",
             "--max-queue",
             "0",
+            "--ready-max-kv-usage",
+            "0.3",
             "--api-key",
             KEYS[0],
             "--api-key",
@@ -39,7 +45,7 @@ fn server() -> &'static TestServer {
     })
 }
 
-/// The pool is the point of these tests: one at a time.
+/// The pool (and with it readiness) is the point of these tests: one at a time.
 static POOL: Mutex<()> = Mutex::const_new(());
 
 fn client() -> reqwest::Client {
@@ -59,6 +65,7 @@ fn long_prompt(index: usize) -> String {
 async fn an_exhausted_pool_answers_429_with_retry_after_and_never_5xx() {
     let _pool = POOL.lock().await;
     server().wait_idle(DEADLINE).await;
+    let before = scrape().await;
     let requests = (0..6).map(|i| {
         client()
             .post(server().url("/v1/completions"))
@@ -97,6 +104,24 @@ async fn an_exhausted_pool_answers_429_with_retry_after_and_never_5xx() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    // Every refusal is counted, under its reason.
+    let after = scrape().await;
+    let rejected = |samples: &[prometheus::Sample]| {
+        prometheus::value(
+            samples,
+            "mlx_serve_requests_rejected_total",
+            &[("reason", "kv_cache_exhausted")],
+        )
+    };
+    assert_eq!(rejected(&after) - rejected(&before), f64::from(refused));
+    let too_many = |samples: &[prometheus::Sample]| {
+        prometheus::value(
+            samples,
+            "mlx_serve_http_requests_total",
+            &[("route", "/v1/completions"), ("status_class", "4xx")],
+        )
+    };
+    assert_eq!(too_many(&after) - too_many(&before), f64::from(refused));
     // Everything is given back, and the server serves again.
     server().wait_idle(DEADLINE).await;
     let response = client()
@@ -109,8 +134,69 @@ async fn an_exhausted_pool_answers_429_with_retry_after_and_never_5xx() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// `/metrics` without a key: open to scrapers even with API keys on (the default), and
+/// valid for promtool.
+async fn scrape() -> Vec<prometheus::Sample> {
+    let response = client().get(server().url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    prometheus::promtool_check(&text);
+    prometheus::parse(&text)
+}
+
+async fn ready_status() -> (StatusCode, Value) {
+    let response = client()
+        .get(server().url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_pool_is_above_the_threshold_and_recovers() {
+    let _pool = POOL.lock().await;
+    server().wait_idle(DEADLINE).await;
+    assert_eq!(ready_status().await.0, StatusCode::OK);
+    // One long prompt holds 19 of 41 blocks (46 % > 30 %) for as long as it streams.
+    let mut response = client()
+        .post(server().url("/v1/completions"))
+        .bearer_auth(KEYS[0])
+        .json(
+            &json!({"model": MODEL, "prompt": long_prompt(7), "max_tokens": 2000,
+                      "ignore_eos": true, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.chunk().await.unwrap().expect("a first chunk");
+    let (status, body) = ready_status().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reason"], "kv_cache_saturated");
+    let health = client().get(server().url("/health")).send().await.unwrap();
+    assert_eq!(
+        health.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/health is ready"
+    );
+    // Liveness and startup do not depend on load.
+    for path in ["/health/live", "/health/startup"] {
+        let response = client().get(server().url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let samples = scrape().await;
+    assert_eq!(prometheus::value(&samples, "mlx_serve_ready", &[]), 0.0);
+    drop(response);
+    server().wait_idle(DEADLINE).await;
+    let (status, body) = ready_status().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_guard_the_api_but_not_health() {
+    // Readiness depends on the pool.
+    let _pool = POOL.lock().await;
     let models = server().url("/v1/models");
     let response = client().get(&models).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -155,6 +241,11 @@ async fn api_keys_guard_the_api_but_not_health() {
     ] {
         let response = client().get(server().url(health)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{health}");
+    }
+    // Metrics stay open to scrapers unless --metrics-require-api-key.
+    for open in ["/metrics", "/v1/stats"] {
+        let response = client().get(server().url(open)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{open}");
     }
 }
 

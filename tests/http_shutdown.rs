@@ -1,6 +1,7 @@
 //! Graceful shutdown of the real binary: SIGTERM while streams are active lets them finish
-//! (new requests get 503, readiness goes 503), then the process exits 0; a second signal
-//! exits at once.
+//! (new requests get 503, readiness goes 503, metrics still answer), then the process
+//! exits 0; a second signal exits at once. The same run checks `--log-format json`: every
+//! log line is a JSON object, with one access line per request.
 
 mod common;
 #[path = "common/server.rs"]
@@ -21,6 +22,21 @@ struct Served {
     base: String,
     /// The rest of stdout, read on a thread.
     output: std::sync::mpsc::Receiver<String>,
+    /// Standard error (the logs), read on a thread.
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+/// Sends each line of `reader` into a channel, from a thread.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Starts `mlx-serve serve` on a free port and waits until the model is ready.
@@ -31,18 +47,11 @@ fn start(extra: &[&str]) -> Served {
         .arg(&model)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start mlx-serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap());
+    let logs = lines_of(child.stderr.take().unwrap());
     let started = Instant::now();
     let mut base = None;
     loop {
@@ -60,6 +69,7 @@ fn start(extra: &[&str]) -> Served {
         child,
         base: base.expect("a `listening on` line before `ready:`"),
         output: rx,
+        logs,
     }
 }
 
@@ -110,12 +120,14 @@ fn streaming_chat(max_tokens: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_active_streams_finish_then_exits_zero() {
-    let mut served = start(&["--drain-timeout-secs", "60"]);
+    let mut served = start(&["--drain-timeout-secs", "60", "--log-format", "json"]);
     let url = |path: &str| format!("{}{path}", served.base);
     let mut streams = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let mut response = client()
             .post(url("/v1/chat/completions"))
+            .header("x-request-id", format!("drain-{i}"))
+            .header("x-agent-id", "logger")
             .json(&streaming_chat(40))
             .send()
             .await
@@ -146,6 +158,14 @@ async fn sigterm_lets_active_streams_finish_then_exits_zero() {
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
     assert_eq!(assert_envelope(&body)["code"], "server_shutting_down");
+    // Operators still see the server while it drains.
+    let metrics = client().get(url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "mlx_serve_draining 1"),
+        "{metrics}"
+    );
 
     for (mut response, mut body) in streams {
         while let Some(chunk) = response.chunk().await.unwrap() {
@@ -166,6 +186,40 @@ async fn sigterm_lets_active_streams_finish_then_exits_zero() {
     assert!(
         said.iter().any(|l| l.contains("shut down cleanly")),
         "{said:?}"
+    );
+    assert_json_access_log(served.logs.try_iter().collect());
+}
+
+/// Every log line is JSON; each stream has one access line with its id, route, status,
+/// latency and tokens; the refused request has its own.
+fn assert_json_access_log(logs: Vec<String>) {
+    let lines: Vec<Value> = logs
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "mlx_serve::access")
+        .map(|l| &l["fields"])
+        .collect();
+    for i in 0..3 {
+        let id = format!("drain-{i}");
+        let mine: Vec<&&Value> = access.iter().filter(|f| f["request_id"] == id).collect();
+        assert_eq!(mine.len(), 1, "one access line for {id}: {logs:#?}");
+        let fields = mine[0];
+        assert_eq!(fields["route"], "/v1/chat/completions");
+        assert_eq!(fields["status"], 200);
+        assert_eq!(fields["outcome"], "completed");
+        assert_eq!(fields["completion_tokens"], 40);
+        assert_eq!(fields["agent_id"], "logger");
+        assert!(fields["prompt_tokens"].as_u64().unwrap() > 0);
+        let latency = fields["latency_ms"].as_f64().unwrap();
+        let first_byte = fields["first_byte_ms"].as_f64().unwrap();
+        assert!(first_byte > 0.0 && first_byte <= latency, "{fields}");
+    }
+    assert!(
+        access.iter().any(|f| f["status"] == 503),
+        "the refused request is logged: {logs:#?}"
     );
 }
 

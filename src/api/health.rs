@@ -1,6 +1,7 @@
 //! Health endpoints for load balancers and orchestrators: `live` (the process answers),
-//! `startup` (the model has loaded), `ready` (send traffic: loaded and not shutting down);
-//! `/health` is `ready`. Never behind API keys.
+//! `startup` (the model has loaded), `ready` (send traffic: loaded, engine running, not
+//! shutting down, KV cache not above `--ready-max-kv-usage`); `/health` is `ready`. Never
+//! behind API keys, never refused.
 
 use axum::Json;
 use axum::Router;
@@ -11,7 +12,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::error::RETRY_AFTER_UNAVAILABLE_SECS;
-use super::state::AppState;
+use super::state::{AppState, NotReady};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,24 +29,21 @@ async fn live() -> Response {
 async fn startup(State(state): State<AppState>) -> Response {
     match state.engine() {
         Ok(_) => Json(json!({"status": "ok"})).into_response(),
-        Err(_) => unavailable("loading"),
+        Err(_) => unavailable(NotReady::Loading),
     }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.is_draining() {
-        return unavailable("draining");
-    }
-    match state.engine() {
-        Ok(_) => Json(json!({"status": "ok"})).into_response(),
-        Err(_) => unavailable("loading"),
+    match state.readiness() {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(reason) => unavailable(reason),
     }
 }
 
-fn unavailable(reason: &str) -> Response {
+fn unavailable(reason: NotReady) -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "unavailable", "reason": reason})),
+        Json(json!({"status": "unavailable", "reason": reason.as_str()})),
     )
         .into_response();
     response.headers_mut().insert(

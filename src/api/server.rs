@@ -26,20 +26,24 @@ pub async fn serve(
     let app = super::router(state.clone(), settings);
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let timeout = settings.drain_timeout();
+    let draining = state.clone();
     let graceful = async move {
-        drain_after(trigger, state, timeout).await;
+        drain_after(trigger, draining, timeout).await;
         let _ = drained_tx.send(());
     };
+    let sampler = tokio::spawn(super::metrics::sample_forever(state.clone()));
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let grace = async {
         let _ = drained_rx.await;
         tokio::time::sleep(CONNECTION_GRACE).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server => result,
         () = grace => {
             tracing::warn!("closing connections still open {CONNECTION_GRACE:?} after the drain");
             Ok(())
         }
-    }
+    };
+    sampler.abort();
+    result
 }

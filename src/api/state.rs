@@ -1,5 +1,5 @@
 //! What every handler shares: the engine (once the model has loaded), whether shutdown has
-//! begun, and the request limits from the settings.
+//! begun, the metrics, and the limits from the settings.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::error::ApiError;
 use crate::config::ServeSettings;
 use crate::engine::EngineHandle;
+use crate::metrics::Metrics;
+use crate::metrics::exposition::{ServerState, usage_ratio};
 
 /// Cheap to clone; all clones see the same server.
 #[derive(Clone)]
@@ -22,6 +24,32 @@ struct Shared {
     draining: AtomicBool,
     api_keys: Vec<String>,
     max_body_bytes: usize,
+    metrics: Arc<Metrics>,
+    /// Readiness fails above this fraction of KV blocks in use.
+    ready_max_kv_usage: f64,
+    metrics_require_api_key: bool,
+}
+
+/// Why the server should not get traffic now (`/health/ready` answers 503 with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Loading,
+    Draining,
+    /// The engine thread ended (a fault): every generation would fail.
+    EngineStopped,
+    /// More KV blocks are in use than `--ready-max-kv-usage` allows.
+    KvCacheSaturated,
+}
+
+impl NotReady {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::Loading => "loading",
+            NotReady::Draining => "draining",
+            NotReady::EngineStopped => "engine_stopped",
+            NotReady::KvCacheSaturated => "kv_cache_saturated",
+        }
+    }
 }
 
 struct Loaded {
@@ -38,6 +66,9 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 api_keys: settings.api_key.clone(),
                 max_body_bytes: settings.max_body_bytes,
+                metrics: Arc::new(Metrics::default()),
+                ready_max_kv_usage: settings.ready_max_kv_usage,
+                metrics_require_api_key: settings.metrics_require_api_key,
             }),
         }
     }
@@ -79,6 +110,38 @@ impl AppState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.shared.max_body_bytes
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn metrics_require_api_key(&self) -> bool {
+        self.shared.metrics_require_api_key
+    }
+
+    /// Whether to send this server traffic now, and if not, why.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.is_draining() {
+            return Err(NotReady::Draining);
+        }
+        let engine = self.engine().map_err(|_| NotReady::Loading)?;
+        if !engine.is_running() {
+            return Err(NotReady::EngineStopped);
+        }
+        if usage_ratio(&engine.stats()) > self.shared.ready_max_kv_usage {
+            return Err(NotReady::KvCacheSaturated);
+        }
+        Ok(())
+    }
+
+    /// The server's state as the metrics report it.
+    pub fn server_state(&self) -> ServerState {
+        ServerState {
+            engine: self.engine().ok().map(EngineHandle::stats),
+            draining: self.is_draining(),
+            ready: self.readiness().is_ok(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::scheduler::AdmitError;
 use super::sequence::{Event, GenerationRequest};
 use super::worker::{Command, EngineConfig, Worker};
+use crate::metrics::engine::EngineMetrics;
 use crate::model::ModelError;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::identity::ModelIdentity;
@@ -99,38 +100,44 @@ pub struct EngineHandle {
     commands: std::sync::mpsc::Sender<Command>,
     stats: Arc<Mutex<EngineStats>>,
     model: Arc<ServedModel>,
+    thread: Arc<std::thread::JoinHandle<()>>,
 }
 
 impl EngineHandle {
     /// Starts the engine thread, which runs `load` (the model must be created on the thread
-    /// that uses it) and then serves. Returns once the model is loaded, or with its error.
+    /// that uses it) and then serves, recording into `metrics`. Returns once the model is
+    /// loaded, or with its error.
     pub fn start(
         load: impl FnOnce() -> Result<LoadedModel, ModelError> + Send + 'static,
         config: EngineConfig,
+        metrics: Arc<EngineMetrics>,
     ) -> Result<EngineHandle, ModelError> {
         let (commands, inbox) = std::sync::mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let worker_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mlx-engine".to_owned())
-            .spawn(move || match Worker::new(load, config, worker_stats) {
-                Ok(mut worker) => {
-                    // Stats are valid from the moment `start` returns.
-                    worker.publish_stats(0.0);
-                    let _ = ready_tx.send(Ok(worker.served_model()));
-                    worker.run(inbox);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
+            .spawn(
+                move || match Worker::new(load, config, worker_stats, metrics) {
+                    Ok(mut worker) => {
+                        // Stats are valid from the moment `start` returns.
+                        worker.publish_stats(0.0);
+                        let _ = ready_tx.send(Ok(worker.served_model()));
+                        worker.run(inbox);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                },
+            )
             .map_err(|e| ModelError::KvCache(format!("cannot start the engine thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(model)) => Ok(EngineHandle {
                 commands,
                 stats,
                 model: Arc::new(model),
+                thread: Arc::new(thread),
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ModelError::KvCache(
@@ -171,6 +178,12 @@ impl EngineHandle {
     /// The model this engine serves.
     pub fn model(&self) -> &ServedModel {
         &self.model
+    }
+
+    /// Whether the engine thread is still serving (it ends only when every handle is gone,
+    /// so `false` means it failed).
+    pub fn is_running(&self) -> bool {
+        !self.thread.is_finished()
     }
 
     /// The latest snapshot (updated every step).

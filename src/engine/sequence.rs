@@ -39,6 +39,18 @@ pub enum FinishReason {
     Aborted,
 }
 
+impl FinishReason {
+    /// The reason's name in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Aborted => "aborted",
+        }
+    }
+}
+
 /// Token counts of one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::handle::{DrainReport, EngineStats, EventStream, ServedModel, SubmitError};
 use super::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, Step};
 use super::sequence::{Event, FinishReason, GenerationRequest, SequenceState};
+use crate::metrics::engine::{EngineLatency, EngineMetrics, Rejection};
 use crate::model::ModelError;
 use crate::model::batch::SequenceChunk;
 use crate::model::kv_cache::{KvCacheConfig, PagedKvCache};
@@ -74,6 +75,7 @@ pub(crate) enum Command {
 struct Pending {
     request: GenerationRequest,
     reply: oneshot::Sender<Result<EventStream, SubmitError>>,
+    /// When it was submitted.
     since: Instant,
 }
 
@@ -84,6 +86,30 @@ struct Active {
     outbox: VecDeque<Event>,
     /// Its `Finished` event is in the outbox; its blocks are already released.
     done: bool,
+    timing: Timing,
+}
+
+/// When a sequence passed each point of its life, for the latency metrics.
+struct Timing {
+    submitted: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl Timing {
+    /// Records a token generated at `now`: the time to it (first) or since the last one.
+    fn token(&mut self, now: Instant, observations: &mut Vec<(EngineLatency, Duration)>) {
+        match self.last_token {
+            None => {
+                observations.push((EngineLatency::TimeToFirstToken, now - self.submitted));
+                observations.push((EngineLatency::Prefill, now - self.admitted));
+                self.first_token = Some(now);
+            }
+            Some(last) => observations.push((EngineLatency::InterToken, now - last)),
+        }
+        self.last_token = Some(now);
+    }
 }
 
 struct Drain {
@@ -99,6 +125,7 @@ pub(crate) struct Worker {
     scheduler: Scheduler,
     config: EngineConfig,
     stats: Arc<Mutex<EngineStats>>,
+    metrics: Arc<EngineMetrics>,
     next_id: SeqId,
     pending: HashMap<SeqId, Pending>,
     active: HashMap<SeqId, Active>,
@@ -116,6 +143,7 @@ impl Worker {
         load: impl FnOnce() -> Result<LoadedModel, ModelError>,
         config: EngineConfig,
         stats: Arc<Mutex<EngineStats>>,
+        metrics: Arc<EngineMetrics>,
     ) -> Result<Self, ModelError> {
         let loaded = load()?;
         let model_config = loaded.model.config().clone();
@@ -144,6 +172,7 @@ impl Worker {
             scheduler,
             config,
             stats,
+            metrics,
             next_id: 0,
             pending: HashMap::new(),
             active: HashMap::new(),
@@ -231,6 +260,7 @@ impl Worker {
         reply: oneshot::Sender<Result<EventStream, SubmitError>>,
     ) {
         if self.draining {
+            self.metrics.record_rejection(Rejection::Draining);
             let _ = reply.send(Err(SubmitError::Draining));
             return;
         }
@@ -270,6 +300,12 @@ impl Worker {
                 );
             }
             Err(AdmitError::QueueFull { waiting }) => {
+                self.metrics
+                    .record_rejection(if self.config.max_queue == 0 {
+                        Rejection::KvCacheExhausted
+                    } else {
+                        Rejection::QueueFull
+                    });
                 let _ = reply.send(Err(SubmitError::Busy {
                     reason: format!(
                         "the KV cache is full and {waiting} requests are already waiting"
@@ -329,6 +365,8 @@ impl Worker {
         };
         let logits = logits.as_slice::<f32>();
         let vocab = model.config().vocab_size;
+        let now = Instant::now();
+        let mut observations = Vec::new();
         let mut generated = 0;
         let mut finished = Vec::new();
         for (row, chunk) in chunks.iter().enumerate() {
@@ -345,24 +383,29 @@ impl Worker {
             {
                 Ok((token, events)) => {
                     generated += 1;
+                    active.timing.token(now, &mut observations);
                     self.scheduler
                         .complete(chunk.id, chunk.tokens.len(), Some(token));
-                    if events.iter().any(|e| matches!(e, Event::Finished { .. })) {
-                        finished.push(chunk.id);
+                    if let Some(reason) = events.iter().find_map(|e| match e {
+                        Event::Finished { reason, .. } => Some(*reason),
+                        Event::Token { .. } => None,
+                    }) {
+                        finished.push((chunk.id, reason));
                     }
                     active.outbox.extend(events);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "detokenization failed; aborting the sequence");
-                    finished.push(chunk.id);
+                    finished.push((chunk.id, FinishReason::Aborted));
                     if let Ok(event) = active.state.finish(FinishReason::Aborted) {
                         active.outbox.push_back(event);
                     }
                 }
             }
         }
-        for id in finished {
-            self.release(id);
+        self.metrics.record(observations);
+        for (id, reason) in finished {
+            self.release(id, reason);
         }
         self.counters.generated_tokens += generated as u64;
         self.counters.steps += 1;
@@ -386,6 +429,11 @@ impl Worker {
                 self.scheduler.finish(id);
                 continue;
             }
+            let now = Instant::now();
+            self.metrics
+                .record_admission(pending.request.prompt.len(), cached);
+            self.metrics
+                .record([(EngineLatency::QueueWait, now - pending.since)]);
             self.active.insert(
                 id,
                 Active {
@@ -393,6 +441,12 @@ impl Worker {
                     sender,
                     outbox: VecDeque::new(),
                     done: false,
+                    timing: Timing {
+                        submitted: pending.since,
+                        admitted: now,
+                        first_token: None,
+                        last_token: None,
+                    },
                 },
             );
         }
@@ -406,15 +460,29 @@ impl Worker {
             if let Ok(event) = active.state.finish(reason) {
                 active.outbox.push_back(event);
             }
-            self.release(id);
+            self.release(id, reason);
         }
     }
 
-    /// Frees `id`'s blocks; its stream stays until the outbox is delivered.
-    fn release(&mut self, id: SeqId) {
+    /// Frees `id`'s blocks after it ended with `reason`; its stream stays until the outbox
+    /// is delivered.
+    fn release(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.finish(id);
+        self.metrics.record_finish(reason.label());
         if let Some(active) = self.active.get_mut(&id) {
             active.done = true;
+            let timing = &active.timing;
+            if matches!(reason, FinishReason::Stop | FinishReason::Length) {
+                let now = Instant::now();
+                let first = timing.first_token.unwrap_or(now);
+                self.metrics.record([
+                    (
+                        EngineLatency::Decode,
+                        timing.last_token.unwrap_or(now) - first,
+                    ),
+                    (EngineLatency::EndToEnd, now - timing.submitted),
+                ]);
+            }
         }
         if let Some(drain) = &mut self.drain {
             drain.report.completed += 1;
@@ -446,6 +514,7 @@ impl Worker {
             if !done {
                 // The client went away mid-generation: cancelled.
                 self.scheduler.finish(id);
+                self.metrics.record_finish(FinishReason::Cancelled.label());
             }
             self.active.remove(&id);
         }
@@ -463,6 +532,11 @@ impl Worker {
         for id in expired {
             self.scheduler.finish(id);
             if let Some(p) = self.pending.remove(&id) {
+                if p.reply.is_closed() {
+                    // The client left while waiting: nothing to answer, nothing refused.
+                    continue;
+                }
+                self.metrics.record_rejection(Rejection::QueueTimeout);
                 let _ = p.reply.send(Err(SubmitError::QueueTimeout {
                     waited: p.since.elapsed(),
                 }));
@@ -482,6 +556,7 @@ impl Worker {
         for (id, pending) in self.pending.drain() {
             self.scheduler.finish(id);
             let _ = pending.reply.send(Err(SubmitError::Draining));
+            self.metrics.record_rejection(Rejection::Draining);
             report.rejected += 1;
         }
         self.drain = Some(Drain {

@@ -62,6 +62,7 @@ impl TestServer {
                     let engine = EngineHandle::start(
                         crate::common::load_default_model,
                         settings.engine_config(),
+                        std::sync::Arc::clone(&state.metrics().engine),
                     )
                     .expect("start the engine");
                     state.set_engine(engine);

@@ -2,7 +2,7 @@
 //! prompts, submit to the engine, and answer with one JSON object or an SSE stream.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
@@ -18,23 +18,26 @@ use super::stream::sse_response;
 use crate::api::agent::AgentId;
 use crate::api::error::ApiError;
 use crate::api::json::JsonBody;
+use crate::api::latency::RequestRecord;
 use crate::api::state::AppState;
 use crate::engine::EngineHandle;
 use crate::engine::sequence::GenerationRequest;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    Extension(record): Extension<RequestRecord>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let plan = request.plan()?;
-    check_request(engine, &headers, &plan.model, &plan.generation)?;
+    check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
     let prompt = chat_prompt(engine, plan.messages).await?;
     let context_length = engine.model().identity.context_length;
     let request = generation_request(prompt, &plan.generation, context_length, "messages")?;
     respond(
         engine,
+        record,
         Endpoint::Chat,
         plan.logprobs,
         &plan.generation,
@@ -45,12 +48,13 @@ pub async fn chat_completions(
 
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(record): Extension<RequestRecord>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let plan = request.plan()?;
-    check_request(engine, &headers, &plan.model, &plan.generation)?;
+    check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
     let prompts = completion_prompts(engine, plan.prompts).await?;
     let context_length = engine.model().identity.context_length;
     let requests = prompts
@@ -59,6 +63,7 @@ pub async fn completions(
         .collect::<Result<Vec<_>, _>>()?;
     respond(
         engine,
+        record,
         Endpoint::Completions,
         plan.logprobs,
         &plan.generation,
@@ -71,6 +76,7 @@ pub async fn completions(
 /// request; per-agent caches use it).
 fn check_request(
     engine: &EngineHandle,
+    record: &RequestRecord,
     headers: &HeaderMap,
     model: &str,
     plan: &GenerationPlan,
@@ -80,12 +86,14 @@ fn check_request(
     }
     if let Some(agent) = AgentId::from_request(headers, plan.agent_id.as_deref())? {
         tracing::Span::current().record("agent_id", agent.as_str());
+        record.set_agent_id(agent.as_str());
     }
     Ok(())
 }
 
 async fn respond(
     engine: &EngineHandle,
+    record: RequestRecord,
     endpoint: Endpoint,
     logprobs: Option<usize>,
     plan: &GenerationPlan,
@@ -93,7 +101,7 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let context = ResponseContext::new(endpoint, engine.model(), logprobs, plan.include_usage);
     if plan.stream {
-        return stream_response(engine, context, requests).await;
+        return stream_response(engine, record, context, requests).await;
     }
     // Each generation is read while the others wait for admission: admitted ones must not
     // stall on full channels while holding the batch slots the rest are waiting for.
@@ -106,6 +114,12 @@ async fn respond(
         }
     });
     let collected = futures_util::future::try_join_all(generations).await?;
+    for completed in &collected {
+        record.add_usage(
+            completed.usage.prompt_tokens,
+            completed.usage.completion_tokens,
+        );
+    }
     Ok(Json(context.response(&collected)).into_response())
 }
 
@@ -114,12 +128,17 @@ async fn respond(
 /// read as soon as it is admitted; a refusal then arrives as an error event.
 async fn stream_response(
     engine: &EngineHandle,
+    record: RequestRecord,
     context: ResponseContext,
     mut requests: Vec<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     if requests.len() == 1 {
         let events = engine.submit(requests.remove(0)).await?;
-        return Ok(sse_response(context, vec![ready(Ok(events)).boxed()]));
+        return Ok(sse_response(
+            context,
+            record,
+            vec![ready(Ok(events)).boxed()],
+        ));
     }
     let submissions = requests
         .into_iter()
@@ -128,5 +147,5 @@ async fn stream_response(
             async move { engine.submit(request).await.map_err(ApiError::from) }.boxed()
         })
         .collect();
-    Ok(sse_response(context, submissions))
+    Ok(sse_response(context, record, submissions))
 }

@@ -21,6 +21,7 @@ use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 
 use super::response::{Delta, Endpoint, ResponseContext};
 use crate::api::error::ApiError;
+use crate::api::latency::RequestRecord;
 use crate::engine::EventStream;
 use crate::engine::sampling::SampledToken;
 use crate::engine::sequence::{Event, FinishReason, Usage};
@@ -29,7 +30,12 @@ use crate::engine::sequence::{Event, FinishReason, Usage};
 pub type Submission = BoxFuture<'static, Result<EventStream, ApiError>>;
 
 /// The SSE response for the generations of one request (choice `i` = `submissions[i]`).
-pub fn sse_response(context: ResponseContext, submissions: Vec<Submission>) -> Response {
+/// Each generation's usage goes into `record` as it ends.
+pub fn sse_response(
+    context: ResponseContext,
+    record: RequestRecord,
+    submissions: Vec<Submission>,
+) -> Response {
     let choices = submissions.len();
     let mut merged = SelectAll::new();
     for (index, submission) in submissions.into_iter().enumerate() {
@@ -37,6 +43,7 @@ pub fn sse_response(context: ResponseContext, submissions: Vec<Submission>) -> R
     }
     let mut state = StreamState {
         context,
+        record,
         merged,
         queue: VecDeque::new(),
         choices: (0..choices).map(|_| ChoiceState::default()).collect(),
@@ -118,6 +125,7 @@ struct ChoiceState {
 
 struct StreamState {
     context: ResponseContext,
+    record: RequestRecord,
     merged: SelectAll<BoxStream<'static, (usize, Item)>>,
     queue: VecDeque<SseEvent>,
     choices: Vec<ChoiceState>,
@@ -162,6 +170,8 @@ impl StreamState {
                 usage,
             } => {
                 choice.usage = Some(usage);
+                self.record
+                    .add_usage(usage.prompt_tokens, usage.completion_tokens);
                 if reason == FinishReason::Aborted || reason == FinishReason::Cancelled {
                     self.fail(ApiError::aborted(usage.completion_tokens));
                     return;

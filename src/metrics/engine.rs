@@ -1,0 +1,200 @@
+//! What the engine records as it works: latencies of each request's phases and the
+//! counters its periodic [`crate::engine::EngineStats`] snapshot does not carry. Written
+//! from the engine thread, read at scrape time; plain Rust, no MLX.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::latency::{
+    FIRST_TOKEN_BUCKETS, INTER_TOKEN_BUCKETS, LatencySeries, LatencySummary, REQUEST_BUCKETS,
+};
+
+/// The engine's latency histograms, one per phase of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineLatency {
+    /// Submission to the first generated token (queue wait + prefill).
+    TimeToFirstToken,
+    /// Between two consecutive tokens of one sequence.
+    InterToken,
+    /// Submission to admission (waiting for a batch slot or KV blocks).
+    QueueWait,
+    /// Admission to the first generated token.
+    Prefill,
+    /// First to last token of a generation that finished (stop or length).
+    Decode,
+    /// Submission to the end of a generation that finished (stop or length).
+    EndToEnd,
+}
+
+impl EngineLatency {
+    pub const ALL: [EngineLatency; 6] = [
+        EngineLatency::TimeToFirstToken,
+        EngineLatency::InterToken,
+        EngineLatency::QueueWait,
+        EngineLatency::Prefill,
+        EngineLatency::Decode,
+        EngineLatency::EndToEnd,
+    ];
+
+    /// The metric's name without namespace and unit.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineLatency::TimeToFirstToken => "time_to_first_token",
+            EngineLatency::InterToken => "inter_token_latency",
+            EngineLatency::QueueWait => "request_queue_time",
+            EngineLatency::Prefill => "request_prefill_time",
+            EngineLatency::Decode => "request_decode_time",
+            EngineLatency::EndToEnd => "e2e_request_latency",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            EngineLatency::TimeToFirstToken => {
+                "Time from submission to the first generated token (engine side)"
+            }
+            EngineLatency::InterToken => "Time between two consecutive tokens of one sequence",
+            EngineLatency::QueueWait => "Time from submission to admission into the batch",
+            EngineLatency::Prefill => "Time from admission to the first generated token",
+            EngineLatency::Decode => "Time from the first to the last token of finished requests",
+            EngineLatency::EndToEnd => "Time from submission to the end of finished requests",
+        }
+    }
+
+    fn buckets(self) -> &'static [f64] {
+        match self {
+            EngineLatency::TimeToFirstToken | EngineLatency::QueueWait | EngineLatency::Prefill => {
+                FIRST_TOKEN_BUCKETS
+            }
+            EngineLatency::InterToken => INTER_TOKEN_BUCKETS,
+            EngineLatency::Decode | EngineLatency::EndToEnd => REQUEST_BUCKETS,
+        }
+    }
+}
+
+/// Why a request was refused before it started; `as_str` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rejection {
+    /// The pool could not take it and queueing is off (`--max-queue 0`).
+    KvCacheExhausted,
+    /// The wait queue was full.
+    QueueFull,
+    /// It waited for KV blocks longer than the queue timeout.
+    QueueTimeout,
+    /// The server is shutting down.
+    Draining,
+    /// The model has not finished loading.
+    Loading,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::KvCacheExhausted => "kv_cache_exhausted",
+            Rejection::QueueFull => "queue_full",
+            Rejection::QueueTimeout => "queue_timeout",
+            Rejection::Draining => "draining",
+            Rejection::Loading => "loading",
+        }
+    }
+}
+
+/// Shared between the engine thread (writes) and scrapes (reads).
+#[derive(Debug)]
+pub struct EngineMetrics {
+    latencies: Mutex<Vec<LatencySeries>>,
+    prompt_tokens: AtomicU64,
+    prefix_cache_queries: AtomicU64,
+    prefix_cache_hits: AtomicU64,
+    /// By finish reason label (`stop`, `length`, `cancelled`, `aborted`).
+    finished: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<Rejection, u64>>,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics {
+            latencies: Mutex::new(
+                EngineLatency::ALL
+                    .iter()
+                    .map(|kind| LatencySeries::new(kind.buckets()))
+                    .collect(),
+            ),
+            prompt_tokens: AtomicU64::new(0),
+            prefix_cache_queries: AtomicU64::new(0),
+            prefix_cache_hits: AtomicU64::new(0),
+            finished: Mutex::new(BTreeMap::new()),
+            rejected: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// Counters read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineCounters {
+    pub prompt_tokens: u64,
+    /// Prompt tokens looked up in the prefix cache at admission, and those found there.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    pub finished: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<Rejection, u64>,
+}
+
+impl EngineMetrics {
+    /// Records several observations under one lock (the engine records a step's at once).
+    pub fn record(&self, observations: impl IntoIterator<Item = (EngineLatency, Duration)>) {
+        if let Ok(mut series) = self.latencies.lock() {
+            for (kind, latency) in observations {
+                series[kind as usize].record(latency);
+            }
+        }
+    }
+
+    /// A request was admitted for the first time: its prompt, and how much of it the
+    /// prefix cache held.
+    pub fn record_admission(&self, prompt_tokens: usize, cached_tokens: usize) {
+        self.prompt_tokens
+            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        self.prefix_cache_queries
+            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        self.prefix_cache_hits
+            .fetch_add(cached_tokens as u64, Ordering::Relaxed);
+    }
+
+    pub fn record_finish(&self, reason: &'static str) {
+        if let Ok(mut finished) = self.finished.lock() {
+            *finished.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn record_rejection(&self, reason: Rejection) {
+        if let Ok(mut rejected) = self.rejected.lock() {
+            *rejected.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn counters(&self) -> EngineCounters {
+        EngineCounters {
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            prefix_cache_queries: self.prefix_cache_queries.load(Ordering::Relaxed),
+            prefix_cache_hits: self.prefix_cache_hits.load(Ordering::Relaxed),
+            finished: self.finished.lock().map(|f| f.clone()).unwrap_or_default(),
+            rejected: self.rejected.lock().map(|r| r.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// A copy of every latency series, in [`EngineLatency::ALL`] order.
+    pub fn latencies(&self) -> Vec<(EngineLatency, LatencySeries)> {
+        let series = self.latencies.lock().map(|s| s.clone()).unwrap_or_default();
+        EngineLatency::ALL.into_iter().zip(series).collect()
+    }
+
+    pub fn summary(&self, kind: EngineLatency) -> LatencySummary {
+        self.latencies
+            .lock()
+            .map(|s| s[kind as usize].summary())
+            .unwrap_or_default()
+    }
+}

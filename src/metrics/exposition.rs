@@ -1,0 +1,395 @@
+//! `GET /metrics`: everything in the Prometheus text format (0.0.4), encoded by
+//! `prometheus-client`. Every name is in the `mlx_serve_` namespace with its unit in the
+//! name. Latencies are exported twice: as histograms (buckets suited to LLM serving, for
+//! `histogram_quantile` over any window) and as p50/p95/p99 gauges from the hdrhistogram
+//! data (since start, exact to 0.1 %), labelled `percentile` ("50", "95", "99"; the
+//! `quantile` label is reserved for summaries, which the format crate does not write).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::Metrics;
+use super::engine::{EngineCounters, EngineLatency};
+use super::http::{RouteKey, RouteSeries};
+use super::latency::{LatencySeries, PERCENTILES};
+use super::sampled::SampledValues;
+use crate::engine::EngineStats;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What the server knows besides the recorded metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServerState {
+    /// The engine's snapshot, once the model has loaded.
+    pub engine: Option<EngineStats>,
+    pub draining: bool,
+    pub ready: bool,
+}
+
+/// Renders every metric.
+pub fn render(metrics: &Metrics, server: ServerState) -> String {
+    let snapshot = Snapshot {
+        server,
+        uptime_seconds: metrics.uptime().as_secs_f64(),
+        routes: metrics.http.routes(),
+        latencies: metrics.engine.latencies(),
+        counters: metrics.engine.counters(),
+        sampled: metrics.sampler.latest(),
+    };
+    let mut registry = Registry::with_prefix("mlx_serve");
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+    text
+}
+
+/// A copy of the metrics, taken once per scrape and encoded by the registry.
+#[derive(Debug)]
+struct Snapshot {
+    server: ServerState,
+    uptime_seconds: f64,
+    routes: Vec<(RouteKey, RouteSeries)>,
+    latencies: Vec<(EngineLatency, LatencySeries)>,
+    counters: EngineCounters,
+    sampled: SampledValues,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn route_labels(key: &RouteKey) -> Labels {
+    vec![
+        ("route", key.route.clone()),
+        ("method", key.method.clone()),
+        ("status_class", key.status_class.to_owned()),
+    ]
+}
+
+fn with_label(labels: &Labels, name: &'static str, value: &str) -> Labels {
+    let mut labels = labels.clone();
+    labels.push((name, value.to_owned()));
+    labels
+}
+
+fn histogram(encoder: &mut MetricEncoder<'_>, series: &LatencySeries) -> std::fmt::Result {
+    encoder.encode_histogram::<NoLabelSet>(
+        series.sum_seconds(),
+        series.count(),
+        &series.cumulative_buckets(),
+        None,
+    )
+}
+
+/// The percentile gauges of `series`, under `labels` plus `percentile`.
+fn percentiles(
+    encoder: &mut MetricEncoder<'_>,
+    labels: &Labels,
+    series: &LatencySeries,
+) -> std::fmt::Result {
+    for (percentile, q) in PERCENTILES {
+        let labels = with_label(labels, "percentile", percentile);
+        encoder
+            .encode_family(&labels)?
+            .encode_gauge(&series.quantile(q))?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+/// `name` gets the `_total` suffix from the encoder.
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: impl prometheus_client::encoding::EncodeCounterValue,
+) -> std::fmt::Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn labelled_counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    fn encode_http(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        labelled_counters(
+            encoder,
+            "http_requests",
+            "HTTP responses by matched route, method and status class",
+            self.routes
+                .iter()
+                .map(|(key, series)| (route_labels(key), series.requests())),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body; outcome \
+             `disconnected` when the client left first",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (key, series) in &self.routes {
+            for (outcome, latency) in &series.duration {
+                let labels = with_label(&route_labels(key), "outcome", outcome.as_str());
+                histogram(&mut metric.encode_family(&labels)?, latency)?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "http_request_duration_percentile_seconds",
+            "Percentiles of http_request_duration_seconds since start",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, series) in &self.routes {
+            for (outcome, latency) in &series.duration {
+                let labels = with_label(&route_labels(key), "outcome", outcome.as_str());
+                percentiles(&mut metric, &labels, latency)?;
+            }
+        }
+        let streams: Vec<_> = self
+            .routes
+            .iter()
+            .filter_map(|(key, series)| Some((route_labels(key), series.first_byte.as_ref()?)))
+            .collect();
+        let mut metric = encoder.encode_descriptor(
+            "http_stream_first_byte_seconds",
+            "Time from a streaming request's arrival to its first body byte",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, latency) in &streams {
+            histogram(&mut metric.encode_family(labels)?, latency)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "http_stream_first_byte_percentile_seconds",
+            "Percentiles of http_stream_first_byte_seconds since start",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, latency) in &streams {
+            percentiles(&mut metric, labels, latency)?;
+        }
+        Ok(())
+    }
+
+    fn encode_engine_latencies(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        for (kind, series) in &self.latencies {
+            let name = format!("{}_seconds", kind.name());
+            let mut metric =
+                encoder.encode_descriptor(&name, kind.help(), None, MetricType::Histogram)?;
+            histogram(&mut metric, series)?;
+            let name = format!("{}_percentile_seconds", kind.name());
+            let help = format!("Percentiles of {}_seconds since start", kind.name());
+            let mut metric = encoder.encode_descriptor(&name, &help, None, MetricType::Gauge)?;
+            percentiles(&mut metric, &Vec::new(), series)?;
+        }
+        Ok(())
+    }
+
+    fn encode_engine_counters(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters = &self.counters;
+        counter(
+            encoder,
+            "prompt_tokens",
+            "Prompt tokens of admitted requests",
+            counters.prompt_tokens,
+        )?;
+        counter(
+            encoder,
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache at admission",
+            counters.prefix_cache_queries,
+        )?;
+        counter(
+            encoder,
+            "prefix_cache_hits",
+            "Prompt tokens whose KV was found in the prefix cache",
+            counters.prefix_cache_hits,
+        )?;
+        labelled_counters(
+            encoder,
+            "requests_finished",
+            "Generations ended, by finish reason (stop, length, cancelled, aborted)",
+            counters
+                .finished
+                .iter()
+                .map(|(&reason, &n)| ([("finish_reason", reason)], n)),
+        )?;
+        labelled_counters(
+            encoder,
+            "requests_rejected",
+            "Requests refused before they started, by reason",
+            counters
+                .rejected
+                .iter()
+                .map(|(reason, &n)| ([("reason", reason.as_str())], n)),
+        )
+    }
+
+    fn encode_engine_state(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        stats: &EngineStats,
+    ) -> std::fmt::Result {
+        counter(
+            encoder,
+            "generation_tokens",
+            "Tokens generated",
+            stats.generated_tokens,
+        )?;
+        counter(
+            encoder,
+            "preemptions",
+            "Sequences preempted to free KV blocks (recomputed later)",
+            stats.preemptions,
+        )?;
+        counter(encoder, "engine_steps", "Engine forward steps", stats.steps)?;
+        gauge(
+            encoder,
+            "requests_running",
+            "Sequences in the running batch",
+            stats.running,
+        )?;
+        gauge(
+            encoder,
+            "requests_waiting",
+            "Requests waiting for admission",
+            stats.waiting,
+        )?;
+        gauge(
+            encoder,
+            "kv_cache_capacity_blocks",
+            "KV cache blocks in the pool",
+            stats.blocks_total,
+        )?;
+        gauge(
+            encoder,
+            "kv_cache_in_use_blocks",
+            "KV cache blocks held by running sequences",
+            stats.blocks_in_use,
+        )?;
+        gauge(
+            encoder,
+            "kv_cache_cached_blocks",
+            "Free KV cache blocks that still hold a reusable prefix",
+            stats.blocks_cached,
+        )?;
+        gauge(
+            encoder,
+            "kv_cache_usage_ratio",
+            "Fraction of KV cache blocks in use",
+            usage_ratio(stats),
+        )
+    }
+
+    fn encode_process(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let process = &self.sampled.process;
+        gauge(
+            encoder,
+            "process_resident_memory_bytes",
+            "Resident memory of the server process (sampled)",
+            process.resident_memory_bytes,
+        )?;
+        gauge(
+            encoder,
+            "process_virtual_memory_bytes",
+            "Virtual memory of the server process (sampled)",
+            process.virtual_memory_bytes,
+        )?;
+        counter(
+            encoder,
+            "process_cpu_seconds",
+            "CPU time used by the server process (sampled)",
+            process.cpu_seconds_total,
+        )?;
+        gauge(
+            encoder,
+            "process_cpu_usage_ratio",
+            "CPU use over the last sampling interval, in cores (sampled)",
+            process.cpu_usage_percent / 100.0,
+        )?;
+        gauge(
+            encoder,
+            "process_start_time_seconds",
+            "Unix time the server process started",
+            process.start_time_seconds,
+        )?;
+        gauge(
+            encoder,
+            "generation_throughput_tokens_per_second",
+            "Generated tokens per second over the last sampling interval",
+            self.sampled.generation_tokens_per_second,
+        )
+    }
+}
+
+/// In-use blocks over all blocks (0 for an empty pool).
+pub fn usage_ratio(stats: &EngineStats) -> f64 {
+    if stats.blocks_total == 0 {
+        0.0
+    } else {
+        stats.blocks_in_use as f64 / stats.blocks_total as f64
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let server = &self.server;
+        gauge(
+            &mut encoder,
+            "model_loaded",
+            "1 once the model has loaded",
+            i64::from(server.engine.is_some()),
+        )?;
+        gauge(
+            &mut encoder,
+            "ready",
+            "1 while /health/ready answers 200",
+            i64::from(server.ready),
+        )?;
+        gauge(
+            &mut encoder,
+            "draining",
+            "1 once shutdown has begun",
+            i64::from(server.draining),
+        )?;
+        gauge(
+            &mut encoder,
+            "uptime_seconds",
+            "Seconds since the server started",
+            self.uptime_seconds,
+        )?;
+        self.encode_http(&mut encoder)?;
+        self.encode_engine_latencies(&mut encoder)?;
+        self.encode_engine_counters(&mut encoder)?;
+        if let Some(stats) = &server.engine {
+            self.encode_engine_state(&mut encoder, stats)?;
+        }
+        self.encode_process(&mut encoder)
+    }
+}

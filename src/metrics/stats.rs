@@ -1,0 +1,164 @@
+//! `GET /v1/stats`: the same numbers as `/metrics`, as one JSON object a person can read
+//! with `curl` (latencies in milliseconds).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Metrics;
+use super::engine::EngineLatency;
+use super::exposition::{ServerState, usage_ratio};
+use super::latency::LatencySummary;
+use super::sampled::ProcessSample;
+
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    pub uptime_seconds: f64,
+    /// The served model's name, once loaded.
+    pub model: Option<String>,
+    pub ready: bool,
+    pub draining: bool,
+    /// Absent until the model has loaded.
+    pub engine: Option<EngineView>,
+    pub kv_cache: Option<KvCacheView>,
+    pub prefix_cache: PrefixCacheView,
+    /// Generations ended, by finish reason.
+    pub finished: BTreeMap<&'static str, u64>,
+    /// Requests refused before they started, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Engine latencies by phase.
+    pub latency: BTreeMap<&'static str, LatencyMs>,
+    /// Per matched route, method, status class and outcome.
+    pub http: Vec<RouteView>,
+    pub process: ProcessSample,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineView {
+    pub running: usize,
+    pub waiting: usize,
+    pub steps: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Over the last sampling interval.
+    pub generation_tokens_per_second: f64,
+    pub preemptions: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KvCacheView {
+    pub blocks_total: usize,
+    pub blocks_in_use: usize,
+    /// Free blocks that still hold a reusable prefix.
+    pub blocks_cached: usize,
+    pub usage_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrefixCacheView {
+    /// Prompt tokens looked up at admission, and those found.
+    pub queried_tokens: u64,
+    pub hit_tokens: u64,
+    pub hit_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencyMs {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl From<LatencySummary> for LatencyMs {
+    fn from(s: LatencySummary) -> Self {
+        LatencyMs {
+            count: s.count,
+            mean_ms: s.mean * 1e3,
+            p50_ms: s.p50 * 1e3,
+            p95_ms: s.p95 * 1e3,
+            p99_ms: s.p99 * 1e3,
+            max_ms: s.max * 1e3,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    pub route: String,
+    pub method: String,
+    pub status_class: &'static str,
+    pub outcome: &'static str,
+    #[serde(flatten)]
+    pub latency: LatencyMs,
+    /// Time to first byte, for streaming responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<LatencyMs>,
+}
+
+/// The JSON view of `metrics` and the server's state.
+pub fn view(metrics: &Metrics, server: ServerState, model: Option<String>) -> StatsView {
+    let counters = metrics.engine.counters();
+    let sampled = metrics.sampler.latest();
+    let engine = server.engine.map(|stats| EngineView {
+        running: stats.running,
+        waiting: stats.waiting,
+        steps: stats.steps,
+        prompt_tokens: counters.prompt_tokens,
+        generated_tokens: stats.generated_tokens,
+        generation_tokens_per_second: sampled.generation_tokens_per_second,
+        preemptions: stats.preemptions,
+    });
+    let kv_cache = server.engine.map(|stats| KvCacheView {
+        blocks_total: stats.blocks_total,
+        blocks_in_use: stats.blocks_in_use,
+        blocks_cached: stats.blocks_cached,
+        usage_ratio: usage_ratio(&stats),
+    });
+    let hit_ratio = if counters.prefix_cache_queries == 0 {
+        0.0
+    } else {
+        counters.prefix_cache_hits as f64 / counters.prefix_cache_queries as f64
+    };
+    let latency = EngineLatency::ALL
+        .into_iter()
+        .map(|kind| (kind.name(), metrics.engine.summary(kind).into()))
+        .collect();
+    let mut http = Vec::new();
+    for (key, series) in metrics.http.routes() {
+        for (outcome, latency) in &series.duration {
+            http.push(RouteView {
+                route: key.route.clone(),
+                method: key.method.clone(),
+                status_class: key.status_class,
+                outcome: outcome.as_str(),
+                latency: latency.summary().into(),
+                first_byte: series.first_byte.as_ref().map(|s| s.summary().into()),
+            });
+        }
+    }
+    StatsView {
+        uptime_seconds: metrics.uptime().as_secs_f64(),
+        model,
+        ready: server.ready,
+        draining: server.draining,
+        engine,
+        kv_cache,
+        prefix_cache: PrefixCacheView {
+            queried_tokens: counters.prefix_cache_queries,
+            hit_tokens: counters.prefix_cache_hits,
+            hit_ratio,
+        },
+        finished: counters.finished,
+        rejected: counters
+            .rejected
+            .into_iter()
+            .map(|(reason, n)| (reason.as_str(), n))
+            .collect(),
+        latency,
+        http,
+        process: sampled.process,
+    }
+}
