@@ -55,6 +55,7 @@ impl RequestRecord {
         inner.has_usage.store(true, Ordering::Relaxed);
     }
 
+    /// The request's agent (the first call wins).
     pub fn set_agent_id(&self, agent_id: &str) {
         let _ = self.0.agent_id.set(agent_id.to_owned());
     }
@@ -89,6 +90,7 @@ pub struct LatencyLayer {
 }
 
 impl LatencyLayer {
+    /// Records into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         LatencyLayer { metrics }
     }
@@ -105,6 +107,7 @@ impl<S> Layer<S> for LatencyLayer {
     }
 }
 
+/// A route wrapped by [`LatencyLayer`].
 #[derive(Debug, Clone)]
 pub struct LatencyService<S> {
     inner: S,
@@ -148,29 +151,35 @@ where
         );
         let record = RequestRecord::default();
         request.extensions_mut().insert(record.clone());
+        let head = request.method() == Method::HEAD;
         let response = self.inner.call(request).instrument(span.clone());
-        let metrics = Arc::clone(&self.metrics);
+        // Until the response exists, dropping this (the client left) records the request.
+        let mut waiting = WaitingForResponse(Some(Access {
+            metrics: Arc::clone(&self.metrics),
+            route,
+            method,
+            status: CLIENT_CLOSED_REQUEST,
+            path,
+            request_id,
+            record,
+            started,
+            span,
+        }));
         Box::pin(async move {
             let response = response.await?;
-            let status = response.status().as_u16();
+            let Some(mut access) = waiting.0.take() else {
+                return Ok(response);
+            };
+            access.status = response.status().as_u16();
+            if head {
+                // axum drops a HEAD response's body after this layer: it ends here.
+                access.finish(BodyOutcome::Completed, None);
+                return Ok(response);
+            }
             let streaming = response
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            let access = Access {
-                metrics,
-                key: RouteKey {
-                    route,
-                    method,
-                    status_class: status_class(status),
-                },
-                status,
-                path,
-                request_id,
-                record,
-                started,
-                span,
-            };
             let (parts, body) = response.into_parts();
             let body = TimedBody {
                 inner: body,
@@ -183,16 +192,33 @@ where
     }
 }
 
+/// The status recorded for a request whose client left before the response was ready
+/// (nginx's "client closed request"), with outcome `disconnected`.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Everything needed to account for a request once its body ends.
 struct Access {
     metrics: Arc<Metrics>,
-    key: RouteKey,
+    route: String,
+    method: String,
     status: u16,
     path: String,
     request_id: String,
     record: RequestRecord,
     started: Instant,
     span: tracing::Span,
+}
+
+/// Holds the request's account while the handler runs; a drop with it still inside means
+/// the client went away first.
+struct WaitingForResponse(Option<Access>);
+
+impl Drop for WaitingForResponse {
+    fn drop(&mut self) {
+        if let Some(access) = self.0.take() {
+            access.finish(BodyOutcome::Disconnected, None);
+        }
+    }
 }
 
 /// Logs one line per request; health checks and scrapes only at debug level, so they do
@@ -211,7 +237,7 @@ impl Access {
     fn finish(self, outcome: BodyOutcome, first_byte: Option<Duration>) {
         let total = self.started.elapsed();
         let usage = self.record.usage();
-        let level = if self.key.route.starts_with("/health") || self.key.route == "/metrics" {
+        let level = if self.route.starts_with("/health") || self.route == "/metrics" {
             tracing::Level::DEBUG
         } else {
             tracing::Level::INFO
@@ -219,8 +245,8 @@ impl Access {
         access_line!(
             level,
             request_id = %self.request_id,
-            method = %self.key.method,
-            route = %self.key.route,
+            method = %self.method,
+            route = %self.route,
             path = %self.path,
             status = self.status,
             latency_ms = millis(total),
@@ -232,9 +258,12 @@ impl Access {
             "request"
         );
         drop(self.span);
-        self.metrics
-            .http
-            .record(self.key, total, outcome, first_byte);
+        let key = RouteKey {
+            route: self.route,
+            method: self.method,
+            status_class: status_class(self.status),
+        };
+        self.metrics.http.record(key, total, outcome, first_byte);
     }
 }
 

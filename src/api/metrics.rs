@@ -13,6 +13,7 @@ use crate::metrics::exposition::{self, CONTENT_TYPE};
 use crate::metrics::sampled::SAMPLE_INTERVAL;
 use crate::metrics::stats::{self, StatsView};
 
+/// `GET /metrics`.
 pub async fn prometheus(State(state): State<AppState>) -> Response {
     let text = exposition::render(state.metrics(), state.server_state());
     let mut response = text.into_response();
@@ -22,6 +23,7 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
     response
 }
 
+/// `GET /v1/stats`.
 pub async fn stats(State(state): State<AppState>) -> Json<StatsView> {
     let model = state
         .engine()

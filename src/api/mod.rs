@@ -224,4 +224,24 @@ mod tests {
         // Health stays open.
         assert_eq!(get(&closed, "/health/live", None).await.0, StatusCode::OK);
     }
+
+    #[tokio::test]
+    async fn head_requests_are_recorded_as_completed() {
+        let app = app(&[]);
+        let response = app
+            .clone()
+            .oneshot(
+                HttpRequest::head("/health/live")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+        let (_, metrics) = get(&app, "/metrics", None).await;
+        let line = "mlx_serve_http_request_duration_seconds_count{route=\"/health/live\",\
+                    method=\"HEAD\",status_class=\"2xx\",outcome=\"completed\"} 1";
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }

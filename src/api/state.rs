@@ -27,7 +27,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Readiness fails above this fraction of KV blocks in use.
     ready_max_kv_usage: f64,
-    metrics_require_api_key: bool,
 }
 
 /// Why the server should not get traffic now (`/health/ready` answers 503 with it).
@@ -42,6 +41,7 @@ pub enum NotReady {
 }
 
 impl NotReady {
+    /// The `reason` in `/health/ready`'s answer.
     pub fn as_str(self) -> &'static str {
         match self {
             NotReady::Loading => "loading",
@@ -68,7 +68,6 @@ impl AppState {
                 max_body_bytes: settings.max_body_bytes,
                 metrics: Arc::new(Metrics::default()),
                 ready_max_kv_usage: settings.ready_max_kv_usage,
-                metrics_require_api_key: settings.metrics_require_api_key,
             }),
         }
     }
@@ -112,12 +111,9 @@ impl AppState {
         self.shared.max_body_bytes
     }
 
+    /// The server's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
-    }
-
-    pub fn metrics_require_api_key(&self) -> bool {
-        self.shared.metrics_require_api_key
     }
 
     /// Whether to send this server traffic now, and if not, why.

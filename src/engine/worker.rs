@@ -427,6 +427,7 @@ impl Worker {
             if pending.reply.send(Ok(EventStream { receiver })).is_err() {
                 // The client left while waiting.
                 self.scheduler.finish(id);
+                self.metrics.record_finish(FinishReason::Cancelled.label());
                 continue;
             }
             let now = Instant::now();
@@ -534,6 +535,7 @@ impl Worker {
             if let Some(p) = self.pending.remove(&id) {
                 if p.reply.is_closed() {
                     // The client left while waiting: nothing to answer, nothing refused.
+                    self.metrics.record_finish(FinishReason::Cancelled.label());
                     continue;
                 }
                 self.metrics.record_rejection(Rejection::QueueTimeout);
@@ -555,8 +557,11 @@ impl Worker {
         // Queued requests computed nothing: refuse them at once.
         for (id, pending) in self.pending.drain() {
             self.scheduler.finish(id);
-            let _ = pending.reply.send(Err(SubmitError::Draining));
-            self.metrics.record_rejection(Rejection::Draining);
+            if pending.reply.send(Err(SubmitError::Draining)).is_ok() {
+                self.metrics.record_rejection(Rejection::Draining);
+            } else {
+                self.metrics.record_finish(FinishReason::Cancelled.label());
+            }
             report.rejected += 1;
         }
         self.drain = Some(Drain {

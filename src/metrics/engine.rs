@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::latency::{
-    FIRST_TOKEN_BUCKETS, INTER_TOKEN_BUCKETS, LatencySeries, LatencySummary, REQUEST_BUCKETS,
+    FIRST_TOKEN_BUCKETS, INTER_TOKEN_BUCKETS, LatencySeries, REQUEST_BUCKETS, SeriesSnapshot,
 };
 
 /// The engine's latency histograms, one per phase of a request.
@@ -29,6 +29,7 @@ pub enum EngineLatency {
 }
 
 impl EngineLatency {
+    /// Every phase, in the order they are exported.
     pub const ALL: [EngineLatency; 6] = [
         EngineLatency::TimeToFirstToken,
         EngineLatency::InterToken,
@@ -50,6 +51,7 @@ impl EngineLatency {
         }
     }
 
+    /// The metric's help text.
     pub fn help(self) -> &'static str {
         match self {
             EngineLatency::TimeToFirstToken => {
@@ -90,6 +92,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The `reason` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::KvCacheExhausted => "kv_cache_exhausted",
@@ -163,18 +166,21 @@ impl EngineMetrics {
             .fetch_add(cached_tokens as u64, Ordering::Relaxed);
     }
 
+    /// A generation ended (or its client left while it waited) for `reason`.
     pub fn record_finish(&self, reason: &'static str) {
         if let Ok(mut finished) = self.finished.lock() {
             *finished.entry(reason).or_default() += 1;
         }
     }
 
+    /// A request was refused before it started.
     pub fn record_rejection(&self, reason: Rejection) {
         if let Ok(mut rejected) = self.rejected.lock() {
             *rejected.entry(reason).or_default() += 1;
         }
     }
 
+    /// The counters now.
     pub fn counters(&self) -> EngineCounters {
         EngineCounters {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
@@ -185,16 +191,14 @@ impl EngineMetrics {
         }
     }
 
-    /// A copy of every latency series, in [`EngineLatency::ALL`] order.
-    pub fn latencies(&self) -> Vec<(EngineLatency, LatencySeries)> {
-        let series = self.latencies.lock().map(|s| s.clone()).unwrap_or_default();
-        EngineLatency::ALL.into_iter().zip(series).collect()
-    }
-
-    pub fn summary(&self, kind: EngineLatency) -> LatencySummary {
-        self.latencies
-            .lock()
-            .map(|s| s[kind as usize].summary())
-            .unwrap_or_default()
+    /// Every latency series as a scrape reports it, in [`EngineLatency::ALL`] order.
+    pub fn latencies(&self) -> Vec<(EngineLatency, SeriesSnapshot)> {
+        let Ok(series) = self.latencies.lock() else {
+            return Vec::new();
+        };
+        EngineLatency::ALL
+            .into_iter()
+            .zip(series.iter().map(LatencySeries::snapshot))
+            .collect()
     }
 }

@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 
 use super::Metrics;
 use super::engine::{EngineCounters, EngineLatency};
-use super::http::{RouteKey, RouteSeries};
-use super::latency::{LatencySeries, PERCENTILES};
+use super::http::{RouteKey, RouteSnapshot};
+use super::latency::SeriesSnapshot;
 use super::sampled::SampledValues;
 use crate::engine::EngineStats;
 
@@ -52,8 +52,8 @@ pub fn render(metrics: &Metrics, server: ServerState) -> String {
 struct Snapshot {
     server: ServerState,
     uptime_seconds: f64,
-    routes: Vec<(RouteKey, RouteSeries)>,
-    latencies: Vec<(EngineLatency, LatencySeries)>,
+    routes: Vec<(RouteKey, RouteSnapshot)>,
+    latencies: Vec<(EngineLatency, SeriesSnapshot)>,
     counters: EngineCounters,
     sampled: SampledValues,
 }
@@ -74,11 +74,11 @@ fn with_label(labels: &Labels, name: &'static str, value: &str) -> Labels {
     labels
 }
 
-fn histogram(encoder: &mut MetricEncoder<'_>, series: &LatencySeries) -> std::fmt::Result {
+fn histogram(encoder: &mut MetricEncoder<'_>, series: &SeriesSnapshot) -> std::fmt::Result {
     encoder.encode_histogram::<NoLabelSet>(
-        series.sum_seconds(),
-        series.count(),
-        &series.cumulative_buckets(),
+        series.sum_seconds,
+        series.summary.count,
+        &series.buckets,
         None,
     )
 }
@@ -87,13 +87,11 @@ fn histogram(encoder: &mut MetricEncoder<'_>, series: &LatencySeries) -> std::fm
 fn percentiles(
     encoder: &mut MetricEncoder<'_>,
     labels: &Labels,
-    series: &LatencySeries,
+    series: &SeriesSnapshot,
 ) -> std::fmt::Result {
-    for (percentile, q) in PERCENTILES {
+    for (percentile, value) in series.percentiles() {
         let labels = with_label(labels, "percentile", percentile);
-        encoder
-            .encode_family(&labels)?
-            .encode_gauge(&series.quantile(q))?;
+        encoder.encode_family(&labels)?.encode_gauge(&value)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::latency::{FIRST_TOKEN_BUCKETS, LatencySeries, REQUEST_BUCKETS};
+use super::latency::{FIRST_TOKEN_BUCKETS, LatencySeries, REQUEST_BUCKETS, SeriesSnapshot};
 
 /// Which series a response belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,6 +28,7 @@ pub enum BodyOutcome {
 }
 
 impl BodyOutcome {
+    /// The `outcome` label.
     pub fn as_str(self) -> &'static str {
         match self {
             BodyOutcome::Completed => "completed",
@@ -47,21 +48,29 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct RouteSeries {
-    /// Whole-response durations by outcome.
-    pub duration: BTreeMap<BodyOutcome, LatencySeries>,
-    /// Time to the first body byte of streaming responses.
-    pub first_byte: Option<LatencySeries>,
+#[derive(Debug)]
+struct RouteSeries {
+    duration: BTreeMap<BodyOutcome, LatencySeries>,
+    first_byte: Option<LatencySeries>,
 }
 
-impl RouteSeries {
+/// One route's series as a scrape reports them.
+#[derive(Debug, Clone)]
+pub struct RouteSnapshot {
+    /// Whole-response durations by outcome.
+    pub duration: BTreeMap<BodyOutcome, SeriesSnapshot>,
+    /// Time to the first body byte of streaming responses.
+    pub first_byte: Option<SeriesSnapshot>,
+}
+
+impl RouteSnapshot {
     /// Responses recorded, whatever their outcome.
     pub fn requests(&self) -> u64 {
-        self.duration.values().map(LatencySeries::count).sum()
+        self.duration.values().map(|s| s.summary.count).sum()
     }
 }
 
+/// Every route's series; one lock, held for a record or a snapshot.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     routes: Mutex<BTreeMap<RouteKey, RouteSeries>>,
@@ -97,12 +106,25 @@ impl HttpMetrics {
         }
     }
 
-    /// A copy of every route's series, ordered by route, method and status class.
-    pub fn routes(&self) -> Vec<(RouteKey, RouteSeries)> {
-        self.routes
-            .lock()
-            .map(|routes| routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
+    /// Every route's series, ordered by route, method and status class.
+    pub fn routes(&self) -> Vec<(RouteKey, RouteSnapshot)> {
+        let Ok(routes) = self.routes.lock() else {
+            return Vec::new();
+        };
+        routes
+            .iter()
+            .map(|(key, series)| {
+                let snapshot = RouteSnapshot {
+                    duration: series
+                        .duration
+                        .iter()
+                        .map(|(&outcome, s)| (outcome, s.snapshot()))
+                        .collect(),
+                    first_byte: series.first_byte.as_ref().map(LatencySeries::snapshot),
+                };
+                (key.clone(), snapshot)
+            })
+            .collect()
     }
 }
 
@@ -151,9 +173,9 @@ mod tests {
         let (ok_key, ok) = &routes[0];
         assert_eq!(ok_key.status_class, "2xx");
         assert_eq!(ok.requests(), 3);
-        assert_eq!(ok.duration[&BodyOutcome::Completed].count(), 2);
-        assert_eq!(ok.duration[&BodyOutcome::Disconnected].count(), 1);
-        assert_eq!(ok.first_byte.as_ref().map(LatencySeries::count), Some(1));
+        assert_eq!(ok.duration[&BodyOutcome::Completed].summary.count, 2);
+        assert_eq!(ok.duration[&BodyOutcome::Disconnected].summary.count, 1);
+        assert_eq!(ok.first_byte.as_ref().map(|s| s.summary.count), Some(1));
         assert_eq!(routes[1].0.status_class, "4xx");
         assert!(routes[1].1.first_byte.is_none());
     }

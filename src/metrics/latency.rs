@@ -14,9 +14,6 @@ const MAX_MICROS: u64 = 3_600_000_000;
 /// 0.1 % relative precision.
 const SIGNIFICANT_DIGITS: u8 = 3;
 
-/// The percentiles every series reports: label and quantile.
-pub const PERCENTILES: [(&str, f64); 3] = [("50", 0.5), ("95", 0.95), ("99", 0.99)];
-
 /// Bucket bounds (seconds) for the time to a first token or byte: vLLM's TTFT buckets,
 /// which resolve both fast local replies and long prefills.
 pub const FIRST_TOKEN_BUCKETS: &[f64] = &[
@@ -59,7 +56,26 @@ pub struct LatencySummary {
     pub max: f64,
 }
 
+/// What a scrape needs of a series: small, so it is taken under the owner's lock instead of
+/// copying the hdrhistogram (about 94 KB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSnapshot {
+    /// Cumulative `(upper bound, count)` pairs ending with `+Inf`, as Prometheus wants.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub summary: LatencySummary,
+}
+
+impl SeriesSnapshot {
+    /// The reported percentiles with their labels (`50`, `95`, `99`), in seconds.
+    pub fn percentiles(&self) -> [(&'static str, f64); 3] {
+        let s = &self.summary;
+        [("50", s.p50), ("95", s.p95), ("99", s.p99)]
+    }
+}
+
 impl LatencySeries {
+    /// An empty series with these histogram bucket bounds (seconds, increasing).
     pub fn new(bounds: &'static [f64]) -> Self {
         debug_assert!(
             bounds.windows(2).all(|w| w[0] < w[1]),
@@ -74,6 +90,7 @@ impl LatencySeries {
         }
     }
 
+    /// Adds one observation (an hour or more counts as an hour in the percentiles).
     pub fn record(&mut self, latency: Duration) {
         let seconds = latency.as_secs_f64();
         let bucket = self.bounds.partition_point(|&bound| bound < seconds);
@@ -83,16 +100,21 @@ impl LatencySeries {
         self.hdr.saturating_record(micros.clamp(1, MAX_MICROS));
     }
 
+    /// Observations recorded.
     pub fn count(&self) -> u64 {
         self.hdr.len()
     }
 
-    pub fn sum_seconds(&self) -> f64 {
-        self.sum_seconds
+    /// What a scrape reports of this series.
+    pub fn snapshot(&self) -> SeriesSnapshot {
+        SeriesSnapshot {
+            buckets: self.cumulative_buckets(),
+            sum_seconds: self.sum_seconds,
+            summary: self.summary(),
+        }
     }
 
-    /// Cumulative `(upper bound, count)` pairs, ending with `+Inf`, as Prometheus wants.
-    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
+    fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
         let mut total = 0;
         self.bounds
             .iter()
@@ -107,7 +129,7 @@ impl LatencySeries {
     }
 
     /// The `q` percentile in seconds (0 when empty); never above the true value.
-    pub fn quantile(&self, q: f64) -> f64 {
+    fn quantile(&self, q: f64) -> f64 {
         if self.hdr.is_empty() {
             return 0.0;
         }
@@ -115,7 +137,7 @@ impl LatencySeries {
         value as f64 / 1e6
     }
 
-    pub fn summary(&self) -> LatencySummary {
+    fn summary(&self) -> LatencySummary {
         if self.hdr.is_empty() {
             return LatencySummary::default();
         }
@@ -150,7 +172,7 @@ mod tests {
             vec![(0.01, 2), (0.1, 3), (f64::INFINITY, 4)]
         );
         assert_eq!(series.count(), 4);
-        assert!((series.sum_seconds() - 2.065).abs() < 1e-9);
+        assert!((series.snapshot().sum_seconds - 2.065).abs() < 1e-9);
     }
 
     #[test]

@@ -19,12 +19,16 @@ use engine::EngineMetrics;
 use http::HttpMetrics;
 use sampled::Sampler;
 
-/// Every metric of one server. Shared by the HTTP layer and the engine; outlives engines
-/// (a model swap keeps the counters).
+/// Every metric of one server, shared by the HTTP layer and the engine thread. Owned by
+/// the server rather than by an engine, so what the engine records here survives a change
+/// of engine; its snapshot counters (generated tokens, steps, preemptions) do not.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Per-route latencies, recorded by the latency layer.
     pub http: HttpMetrics,
+    /// Per-request phases and counters, recorded by the engine thread.
     pub engine: Arc<EngineMetrics>,
+    /// Process and throughput, sampled on a timer.
     pub sampler: Sampler,
     started: Instant,
 }
@@ -41,6 +45,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Time since the server started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

@@ -31,6 +31,7 @@ pub struct SampledValues {
     pub generation_tokens_per_second: f64,
 }
 
+/// Takes samples and keeps the latest.
 #[derive(Debug)]
 pub struct Sampler {
     state: Mutex<State>,
@@ -95,6 +96,7 @@ impl Sampler {
         }
     }
 
+    /// The most recent samples (zeros before the first).
     pub fn latest(&self) -> SampledValues {
         self.state.lock().map(|s| s.latest).unwrap_or_default()
     }

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Metrics;
-use super::engine::EngineLatency;
 use super::exposition::{ServerState, usage_ratio};
+use super::http::BodyOutcome;
 use super::latency::LatencySummary;
 use super::sampled::ProcessSample;
 
+/// The whole JSON view.
 #[derive(Debug, Serialize)]
 pub struct StatsView {
     pub uptime_seconds: f64,
@@ -28,11 +29,12 @@ pub struct StatsView {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Engine latencies by phase.
     pub latency: BTreeMap<&'static str, LatencyMs>,
-    /// Per matched route, method, status class and outcome.
+    /// Per matched route, method and status class.
     pub http: Vec<RouteView>,
     pub process: ProcessSample,
 }
 
+/// The engine's state and throughput.
 #[derive(Debug, Serialize)]
 pub struct EngineView {
     pub running: usize,
@@ -45,6 +47,7 @@ pub struct EngineView {
     pub preemptions: u64,
 }
 
+/// The KV block pool.
 #[derive(Debug, Serialize)]
 pub struct KvCacheView {
     pub blocks_total: usize,
@@ -54,6 +57,7 @@ pub struct KvCacheView {
     pub usage_ratio: f64,
 }
 
+/// Prefix-cache reuse at admission.
 #[derive(Debug, Serialize)]
 pub struct PrefixCacheView {
     /// Prompt tokens looked up at admission, and those found.
@@ -62,6 +66,7 @@ pub struct PrefixCacheView {
     pub hit_ratio: f64,
 }
 
+/// A latency series' summary in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct LatencyMs {
     pub count: u64,
@@ -74,25 +79,32 @@ pub struct LatencyMs {
 
 impl From<LatencySummary> for LatencyMs {
     fn from(s: LatencySummary) -> Self {
+        // To the microsecond: the data's resolution.
+        let ms = |seconds: f64| (seconds * 1e6).round() / 1e3;
         LatencyMs {
             count: s.count,
-            mean_ms: s.mean * 1e3,
-            p50_ms: s.p50 * 1e3,
-            p95_ms: s.p95 * 1e3,
-            p99_ms: s.p99 * 1e3,
-            max_ms: s.max * 1e3,
+            mean_ms: ms(s.mean),
+            p50_ms: ms(s.p50),
+            p95_ms: ms(s.p95),
+            p99_ms: ms(s.p99),
+            max_ms: ms(s.max),
         }
     }
 }
 
+/// One route's responses.
 #[derive(Debug, Serialize)]
 pub struct RouteView {
     pub route: String,
     pub method: String,
     pub status_class: &'static str,
-    pub outcome: &'static str,
-    #[serde(flatten)]
-    pub latency: LatencyMs,
+    pub requests: u64,
+    /// Durations of responses delivered whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed: Option<LatencyMs>,
+    /// Durations of responses whose client left first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected: Option<LatencyMs>,
     /// Time to first byte, for streaming responses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_byte: Option<LatencyMs>,
@@ -122,23 +134,29 @@ pub fn view(metrics: &Metrics, server: ServerState, model: Option<String>) -> St
     } else {
         counters.prefix_cache_hits as f64 / counters.prefix_cache_queries as f64
     };
-    let latency = EngineLatency::ALL
+    let latency = metrics
+        .engine
+        .latencies()
         .into_iter()
-        .map(|kind| (kind.name(), metrics.engine.summary(kind).into()))
+        .map(|(kind, series)| (kind.name(), series.summary.into()))
         .collect();
-    let mut http = Vec::new();
-    for (key, series) in metrics.http.routes() {
-        for (outcome, latency) in &series.duration {
-            http.push(RouteView {
-                route: key.route.clone(),
-                method: key.method.clone(),
+    let http = metrics
+        .http
+        .routes()
+        .into_iter()
+        .map(|(key, series)| {
+            let outcome = |o| series.duration.get(&o).map(|s| s.summary.into());
+            RouteView {
+                requests: series.requests(),
+                completed: outcome(BodyOutcome::Completed),
+                disconnected: outcome(BodyOutcome::Disconnected),
+                first_byte: series.first_byte.as_ref().map(|s| s.summary.into()),
+                route: key.route,
+                method: key.method,
                 status_class: key.status_class,
-                outcome: outcome.as_str(),
-                latency: latency.summary().into(),
-                first_byte: series.first_byte.as_ref().map(|s| s.summary().into()),
-            });
-        }
-    }
+            }
+        })
+        .collect();
     StatsView {
         uptime_seconds: metrics.uptime().as_secs_f64(),
         model,
