@@ -172,9 +172,10 @@ impl ServeSettings {
     }
 }
 
-/// Settings from `serve`'s arguments, for tests across the crate.
-#[cfg(test)]
-pub(crate) fn parse_args(args: &[&str]) -> Result<ServeSettings, clap::Error> {
+/// Settings from `serve`'s arguments as they would follow `mlx-serve serve` (environment
+/// variables apply as on the command line), not yet validated: for embedding the server
+/// and for tests.
+pub fn parse_args(args: &[&str]) -> Result<ServeSettings, clap::Error> {
     use clap::Parser;
 
     #[derive(Parser)]

@@ -32,12 +32,9 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let Command::Serve(settings) = &cli.command;
+    let Command::Serve(settings) = Cli::parse().command;
     init_logging(settings.log_format);
-    let result = match cli.command {
-        Command::Serve(settings) => serve(settings),
-    };
+    let result = serve(settings);
     let code = match result {
         Ok(()) => 0,
         Err(message) => {

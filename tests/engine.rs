@@ -10,7 +10,7 @@ use mlx_serve::engine::sampling::SamplingParams;
 use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
 use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::DEADLINE;
 
 fn start(config: EngineConfig) -> EngineHandle {
     EngineHandle::start(common::load_default_model, config, Default::default())

@@ -14,13 +14,13 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{MODEL, TestServer, assert_envelope, sse_data};
+use server::{MODEL, TestServer, assert_envelope, client, sse_data};
 use tokio::sync::RwLock;
 
 /// Small limits keep the tests fast: 1 MiB bodies, a 64 MiB pool (1,456 tokens), batches
 /// of at most 4 sequences.
 const MAX_BODY_BYTES: usize = 1 << 20;
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::DEADLINE;
 
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
@@ -30,13 +30,6 @@ fn server() -> &'static TestServer {
 
 /// Tests that look at engine-wide stats take it for writing; the others share it.
 static ENGINE_STATS: RwLock<()> = RwLock::const_new(());
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(DEADLINE)
-        .build()
-        .expect("client")
-}
 
 async fn post(path: &str, body: &Value) -> (StatusCode, Value) {
     let response = client()

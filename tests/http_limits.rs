@@ -12,16 +12,15 @@ mod prometheus;
 mod server;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{MODEL, TestServer, assert_envelope};
+use server::{MODEL, TestServer, assert_envelope, client};
 use tokio::sync::Mutex;
 
 const KEYS: [&str; 2] = ["secret-one", "secret-two"];
 const ALLOWED_ORIGIN: &str = "http://allowed.example";
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::DEADLINE;
 
 /// 29 MiB = 41 blocks of 16 tokens: a ~300-token prompt (19 blocks) fits, a second one
 /// (19 more plus the 4-block watermark) does not.
@@ -47,13 +46,6 @@ fn server() -> &'static TestServer {
 
 /// The pool (and with it readiness) is the point of these tests: one at a time.
 static POOL: Mutex<()> = Mutex::const_new(());
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(DEADLINE)
-        .build()
-        .expect("client")
-}
 
 /// A prompt of about 300 tokens that shares no block with another `index`.
 fn long_prompt(index: usize) -> String {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{MODEL, assert_envelope, sse_data};
+use server::{MODEL, assert_envelope, client, sse_data};
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::DEADLINE;
 
 struct Served {
     child: Child,
@@ -103,13 +103,6 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(DEADLINE)
-        .build()
-        .unwrap()
 }
 
 fn streaming_chat(max_tokens: u64) -> Value {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use prometheus::{Sample, promtool_check, value};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use server::{MODEL, TestServer, sse_data};
+use server::{MODEL, TestServer, client, sse_data};
 use tokio::sync::Mutex;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use common::DEADLINE;
 
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
@@ -29,13 +29,6 @@ fn server() -> &'static TestServer {
 }
 
 static TRAFFIC: Mutex<()> = Mutex::const_new(());
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(DEADLINE)
-        .build()
-        .expect("client")
-}
 
 /// Scrapes `/metrics`, checks it with promtool and parses it.
 async fn scrape() -> Vec<Sample> {

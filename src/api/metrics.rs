@@ -8,14 +8,13 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
-use crate::engine::EngineHandle;
 use crate::metrics::exposition::{self, CONTENT_TYPE};
 use crate::metrics::sampled::SAMPLE_INTERVAL;
 use crate::metrics::stats::{self, StatsView};
 
 /// `GET /metrics`.
 pub async fn prometheus(State(state): State<AppState>) -> Response {
-    let text = exposition::render(state.metrics(), state.server_state());
+    let text = exposition::render(state.metrics().snapshot(state.server_state()));
     let mut response = text.into_response();
     response
         .headers_mut()
@@ -29,7 +28,10 @@ pub async fn stats(State(state): State<AppState>) -> Json<StatsView> {
         .engine()
         .ok()
         .map(|engine| engine.model().identity.served_name.clone());
-    Json(stats::view(state.metrics(), state.server_state(), model))
+    Json(stats::view(
+        state.metrics().snapshot(state.server_state()),
+        model,
+    ))
 }
 
 /// Samples the process and the token rate every [`SAMPLE_INTERVAL`], for as long as the
@@ -41,7 +43,7 @@ pub async fn sample_forever(state: AppState) {
         let generated = state
             .engine()
             .ok()
-            .map(|engine: &EngineHandle| engine.stats().generated_tokens);
+            .map(|engine| engine.stats().generated_tokens);
         state.metrics().sampler.sample(generated);
     }
 }

@@ -8,8 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::error::ApiError;
 use crate::config::ServeSettings;
 use crate::engine::EngineHandle;
-use crate::metrics::Metrics;
-use crate::metrics::exposition::{ServerState, usage_ratio};
+use crate::metrics::{Metrics, ServerState};
 
 /// Cheap to clone; all clones see the same server.
 #[derive(Clone)]
@@ -125,7 +124,7 @@ impl AppState {
         if !engine.is_running() {
             return Err(NotReady::EngineStopped);
         }
-        if usage_ratio(&engine.stats()) > self.shared.ready_max_kv_usage {
+        if engine.stats().kv_usage_ratio() > self.shared.ready_max_kv_usage {
             return Err(NotReady::KvCacheSaturated);
         }
         Ok(())

@@ -71,6 +71,18 @@ pub struct EngineStats {
     pub forward_seconds: f64,
 }
 
+impl EngineStats {
+    /// Blocks in use over all blocks (0 for an empty pool): what readiness compares with
+    /// `--ready-max-kv-usage`. Cached blocks are free to take, so they do not count.
+    pub fn kv_usage_ratio(&self) -> f64 {
+        if self.blocks_total == 0 {
+            0.0
+        } else {
+            self.blocks_in_use as f64 / self.blocks_total as f64
+        }
+    }
+}
+
 /// The events of one generation. Dropping it cancels the generation: the engine frees its
 /// blocks within one step.
 #[derive(Debug)]

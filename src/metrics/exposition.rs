@@ -10,53 +10,27 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncod
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::Metrics;
-use super::engine::{EngineCounters, EngineLatency};
-use super::http::{RouteKey, RouteSnapshot};
+use super::MetricsSnapshot;
+use super::http::RouteKey;
 use super::latency::SeriesSnapshot;
-use super::sampled::SampledValues;
 use crate::engine::EngineStats;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// What the server knows besides the recorded metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct ServerState {
-    /// The engine's snapshot, once the model has loaded.
-    pub engine: Option<EngineStats>,
-    pub draining: bool,
-    pub ready: bool,
-}
-
-/// Renders every metric.
-pub fn render(metrics: &Metrics, server: ServerState) -> String {
-    let snapshot = Snapshot {
-        server,
-        uptime_seconds: metrics.uptime().as_secs_f64(),
-        routes: metrics.http.routes(),
-        latencies: metrics.engine.latencies(),
-        counters: metrics.engine.counters(),
-        sampled: metrics.sampler.latest(),
-    };
+/// Renders every metric of `snapshot`.
+pub fn render(snapshot: MetricsSnapshot) -> String {
     let mut registry = Registry::with_prefix("mlx_serve");
-    registry.register_collector(Box::new(snapshot));
+    registry.register_collector(Box::new(Exposition(snapshot)));
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
     text
 }
 
-/// A copy of the metrics, taken once per scrape and encoded by the registry.
+/// The snapshot as the registry's collector.
 #[derive(Debug)]
-struct Snapshot {
-    server: ServerState,
-    uptime_seconds: f64,
-    routes: Vec<(RouteKey, RouteSnapshot)>,
-    latencies: Vec<(EngineLatency, SeriesSnapshot)>,
-    counters: EngineCounters,
-    sampled: SampledValues,
-}
+struct Exposition(MetricsSnapshot);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -134,13 +108,14 @@ fn labelled_counters<L: EncodeLabelSet>(
     Ok(())
 }
 
-impl Snapshot {
+impl Exposition {
     fn encode_http(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         labelled_counters(
             encoder,
             "http_requests",
             "HTTP responses by matched route, method and status class",
-            self.routes
+            self.0
+                .routes
                 .iter()
                 .map(|(key, series)| (route_labels(key), series.requests())),
         )?;
@@ -151,7 +126,7 @@ impl Snapshot {
             None,
             MetricType::Histogram,
         )?;
-        for (key, series) in &self.routes {
+        for (key, series) in &self.0.routes {
             for (outcome, latency) in &series.duration {
                 let labels = with_label(&route_labels(key), "outcome", outcome.as_str());
                 histogram(&mut metric.encode_family(&labels)?, latency)?;
@@ -163,13 +138,14 @@ impl Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        for (key, series) in &self.routes {
+        for (key, series) in &self.0.routes {
             for (outcome, latency) in &series.duration {
                 let labels = with_label(&route_labels(key), "outcome", outcome.as_str());
                 percentiles(&mut metric, &labels, latency)?;
             }
         }
         let streams: Vec<_> = self
+            .0
             .routes
             .iter()
             .filter_map(|(key, series)| Some((route_labels(key), series.first_byte.as_ref()?)))
@@ -196,7 +172,7 @@ impl Snapshot {
     }
 
     fn encode_engine_latencies(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        for (kind, series) in &self.latencies {
+        for (kind, series) in &self.0.latencies {
             let name = format!("{}_seconds", kind.name());
             let mut metric =
                 encoder.encode_descriptor(&name, kind.help(), None, MetricType::Histogram)?;
@@ -210,7 +186,7 @@ impl Snapshot {
     }
 
     fn encode_engine_counters(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let counters = &self.counters;
+        let counters = &self.0.counters;
         counter(
             encoder,
             "prompt_tokens",
@@ -301,12 +277,12 @@ impl Snapshot {
             encoder,
             "kv_cache_usage_ratio",
             "Fraction of KV cache blocks in use",
-            usage_ratio(stats),
+            stats.kv_usage_ratio(),
         )
     }
 
     fn encode_process(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let process = &self.sampled.process;
+        let process = &self.0.sampled.process;
         gauge(
             encoder,
             "process_resident_memory_bytes",
@@ -341,23 +317,14 @@ impl Snapshot {
             encoder,
             "generation_throughput_tokens_per_second",
             "Generated tokens per second over the last sampling interval",
-            self.sampled.generation_tokens_per_second,
+            self.0.sampled.generation_tokens_per_second,
         )
     }
 }
 
-/// In-use blocks over all blocks (0 for an empty pool).
-pub fn usage_ratio(stats: &EngineStats) -> f64 {
-    if stats.blocks_total == 0 {
-        0.0
-    } else {
-        stats.blocks_in_use as f64 / stats.blocks_total as f64
-    }
-}
-
-impl Collector for Snapshot {
+impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let server = &self.server;
+        let server = &self.0.server;
         gauge(
             &mut encoder,
             "model_loaded",
@@ -380,7 +347,7 @@ impl Collector for Snapshot {
             &mut encoder,
             "uptime_seconds",
             "Seconds since the server started",
-            self.uptime_seconds,
+            self.0.uptime_seconds,
         )?;
         self.encode_http(&mut encoder)?;
         self.encode_engine_latencies(&mut encoder)?;

@@ -15,9 +15,11 @@ pub mod stats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::EngineMetrics;
-use http::HttpMetrics;
-use sampled::Sampler;
+use crate::engine::EngineStats;
+use engine::{EngineCounters, EngineLatency, EngineMetrics};
+use http::{HttpMetrics, RouteKey, RouteSnapshot};
+use latency::SeriesSnapshot;
+use sampled::{SampledValues, Sampler};
 
 /// Every metric of one server, shared by the HTTP layer and the engine thread. Owned by
 /// the server rather than by an engine, so what the engine records here survives a change
@@ -49,4 +51,37 @@ impl Metrics {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// Everything a scrape reports, taken at once: `/metrics` and `/v1/stats` render the
+    /// same numbers.
+    pub fn snapshot(&self, server: ServerState) -> MetricsSnapshot {
+        MetricsSnapshot {
+            server,
+            uptime_seconds: self.uptime().as_secs_f64(),
+            routes: self.http.routes(),
+            latencies: self.engine.latencies(),
+            counters: self.engine.counters(),
+            sampled: self.sampler.latest(),
+        }
+    }
+}
+
+/// What the server knows besides the recorded metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServerState {
+    /// The engine's snapshot, once the model has loaded.
+    pub engine: Option<EngineStats>,
+    pub draining: bool,
+    pub ready: bool,
+}
+
+/// The metrics at one moment, small (no hdrhistogram copies), for rendering.
+#[derive(Debug)]
+pub struct MetricsSnapshot {
+    pub server: ServerState,
+    pub uptime_seconds: f64,
+    pub routes: Vec<(RouteKey, RouteSnapshot)>,
+    pub latencies: Vec<(EngineLatency, SeriesSnapshot)>,
+    pub counters: EngineCounters,
+    pub sampled: SampledValues,
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Metrics;
-use super::exposition::{ServerState, usage_ratio};
+use super::MetricsSnapshot;
 use super::http::BodyOutcome;
 use super::latency::LatencySummary;
 use super::sampled::ProcessSample;
@@ -110,10 +109,16 @@ pub struct RouteView {
     pub first_byte: Option<LatencyMs>,
 }
 
-/// The JSON view of `metrics` and the server's state.
-pub fn view(metrics: &Metrics, server: ServerState, model: Option<String>) -> StatsView {
-    let counters = metrics.engine.counters();
-    let sampled = metrics.sampler.latest();
+/// The JSON view of `snapshot`; `model` is the served model's name, once loaded.
+pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
+    let MetricsSnapshot {
+        server,
+        uptime_seconds,
+        routes,
+        latencies,
+        counters,
+        sampled,
+    } = snapshot;
     let engine = server.engine.map(|stats| EngineView {
         running: stats.running,
         waiting: stats.waiting,
@@ -127,22 +132,18 @@ pub fn view(metrics: &Metrics, server: ServerState, model: Option<String>) -> St
         blocks_total: stats.blocks_total,
         blocks_in_use: stats.blocks_in_use,
         blocks_cached: stats.blocks_cached,
-        usage_ratio: usage_ratio(&stats),
+        usage_ratio: stats.kv_usage_ratio(),
     });
     let hit_ratio = if counters.prefix_cache_queries == 0 {
         0.0
     } else {
         counters.prefix_cache_hits as f64 / counters.prefix_cache_queries as f64
     };
-    let latency = metrics
-        .engine
-        .latencies()
+    let latency = latencies
         .into_iter()
         .map(|(kind, series)| (kind.name(), series.summary.into()))
         .collect();
-    let http = metrics
-        .http
-        .routes()
+    let http = routes
         .into_iter()
         .map(|(key, series)| {
             let outcome = |o| series.duration.get(&o).map(|s| s.summary.into());
@@ -158,7 +159,7 @@ pub fn view(metrics: &Metrics, server: ServerState, model: Option<String>) -> St
         })
         .collect();
     StatsView {
-        uptime_seconds: metrics.uptime().as_secs_f64(),
+        uptime_seconds,
         model,
         ready: server.ready,
         draining: server.draining,

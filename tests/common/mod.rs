@@ -20,6 +20,9 @@ use mlx_serve::model::llama::LlamaModel;
 use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
 use mlx_serve::model::weights::WeightMode;
 
+/// The longest any single step of a test may take before it counts as hung.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub fn default_model_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(mlx_serve::config::DEFAULT_MODEL);
     assert!(

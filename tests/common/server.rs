@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use mlx_serve::api::server;
 use mlx_serve::api::state::AppState;
 use mlx_serve::config::ServeSettings;
@@ -18,19 +17,19 @@ use serde_json::Value;
 /// The name the default model is served under.
 pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    settings: ServeSettings,
-}
-
 /// `serve` settings from command-line style arguments.
 pub fn settings(args: &[&str]) -> ServeSettings {
-    let settings = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
-        .expect("valid test settings")
-        .settings;
+    let settings = mlx_serve::config::parse_args(args).expect("valid test settings");
     settings.validate().expect("valid test settings");
     settings
+}
+
+/// A client whose every request has the tests' deadline.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(crate::common::DEADLINE)
+        .build()
+        .expect("client")
 }
 
 pub struct TestServer {
