@@ -27,6 +27,7 @@ bench: setup
 	$(CARGO) bench --bench matmul
 	scripts/bench_model.sh
 	$(CARGO) bench --bench latency_layer
+	$(CARGO) bench --bench sampling
 
 # Regenerates tests/fixtures/*_reference.json with the Python reference pipeline (mlx-lm 0.32
 # on the GGUF converted to a float32 HF folder, and on tiny formula-weight models). Needs PyPI

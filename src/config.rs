@@ -56,8 +56,9 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,
 
-    /// Requests that may wait for KV blocks; beyond it, 429. 0: 429 as soon as the pool
-    /// cannot take a request.
+    /// Generations (each prompt of a request counts) that may wait for a batch slot and KV
+    /// blocks; a request that would leave more waiting gets 429. 0: 429 for whatever cannot
+    /// start in the next step.
     #[arg(long, env = "MLX_SERVE_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
 
@@ -74,6 +75,26 @@ pub struct ServeSettings {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "MLX_SERVE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// A generation whose client has taken nothing for this long while output waits for it
+    /// is ended (finish reason `aborted`), freeing its batch slot and KV blocks.
+    #[arg(long, env = "MLX_SERVE_STALL_TIMEOUT_SECS", default_value_t = 60)]
+    pub stall_timeout_secs: u64,
+
+    /// A connection that has not sent its complete request headers this long after it
+    /// started sending them is closed (slowloris).
+    #[arg(long, env = "MLX_SERVE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Most client connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "MLX_SERVE_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// A `Host` name to answer besides loopback names while listening on a loopback
+    /// address (repeatable; `*` = any; in the environment, comma-separated). Given on a
+    /// non-loopback address, only these and loopback names are answered.
+    #[arg(long, env = "MLX_SERVE_ALLOWED_HOST", value_delimiter = ',')]
+    pub allowed_host: Vec<String>,
 
     /// On SIGTERM/SIGINT, how long in-flight generations may take to finish before they
     /// are aborted.
@@ -130,6 +151,24 @@ impl ServeSettings {
                 self.ready_max_kv_usage
             ));
         }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".to_owned());
+        }
+        if self.stall_timeout_secs == 0 {
+            return Err("--stall-timeout-secs must be at least 1".to_owned());
+        }
+        if self.header_read_timeout_secs == 0 {
+            return Err("--header-read-timeout-secs must be at least 1".to_owned());
+        }
+        if let Some(host) = self
+            .allowed_host
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ':', ' ']) && h.as_str() != "*")
+        {
+            return Err(format!(
+                "--allowed-host takes a host name without scheme or port, or `*` (got {host:?})"
+            ));
+        }
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".to_owned());
         }
@@ -159,8 +198,21 @@ impl ServeSettings {
             block_size: self.block_size,
             max_batch: self.max_batch,
             max_queue: self.max_queue,
+            stall_timeout: Duration::from_secs(self.stall_timeout_secs),
             ..EngineConfig::default()
         }
+    }
+
+    /// How long a connection's writes may make no progress before it is closed: the stall
+    /// timeout plus as long again, at least 30 s more, so the engine has ended the stalled
+    /// generation (and counted it) before its connection goes.
+    pub fn connection_write_timeout(&self) -> Duration {
+        let stall = Duration::from_secs(self.stall_timeout_secs);
+        stall + stall.max(Duration::from_secs(30))
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -233,6 +285,26 @@ mod tests {
         }
         let settings = parse_args(&["--max-batch", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--max-batch"));
+        let settings = parse_args(&["--stall-timeout-secs", "7"]).unwrap();
+        assert_eq!(
+            settings.engine_config().stall_timeout,
+            Duration::from_secs(7)
+        );
+        for (flag, value) in [
+            ("--stall-timeout-secs", "0"),
+            ("--header-read-timeout-secs", "0"),
+            ("--max-connections", "0"),
+            ("--allowed-host", "http://x"),
+            ("--allowed-host", "x:80"),
+        ] {
+            let settings = parse_args(&[flag, value]).unwrap();
+            assert!(
+                settings.validate().unwrap_err().contains(flag),
+                "{flag} {value}"
+            );
+        }
+        let settings = parse_args(&["--allowed-host", "box.lan,*"]).unwrap();
+        assert!(settings.validate().is_ok());
 
         let settings = parse_args(&["--block-size", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--block-size"));

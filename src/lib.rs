@@ -2,10 +2,10 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; tests and benches use the
 //! library directly. Modules, each knowing only the one below it:
-//! - `api`: the OpenAI-compatible HTTP server (axum): routes, types, SSE, errors, auth,
-//!   graceful shutdown;
-//! - `engine`: the continuous-batching engine — its thread and handle, block allocator,
-//!   scheduler, sampling, stop strings;
+//! - `api`: the OpenAI-compatible HTTP server (axum on our hyper accept loop): routes,
+//!   types, SSE, errors, auth, allowed hosts, request ids, graceful shutdown;
+//! - `engine`: the continuous-batching engine — its handle and admission queue, its
+//!   thread, block allocator, scheduler, sampling, stop strings, the served model;
 //! - `model`: loading, the forward pass over the paged KV cache, tokenizer, chat templates;
 //! - `metrics`: latency histograms and counters recorded by the HTTP layer and the engine,
 //!   rendered for Prometheus and as JSON;

@@ -395,3 +395,49 @@ async fn stop_strings_end_the_generation_without_emitting_them() {
     assert_eq!(stopped.reason, FinishReason::Stop);
     assert_eq!(stopped.text, full.text[..cut], "stop string {stop:?}");
 }
+
+#[tokio::test]
+async fn a_preempted_request_waits_no_longer_than_the_queue_timeout() {
+    // 14 blocks of 16 tokens: two 80-token prompts (5 blocks each) leave 4 blocks of
+    // growth; the newer one is preempted when they run out, and cannot come back while the
+    // older one runs.
+    let metrics = std::sync::Arc::new(mlx_serve::metrics::engine::EngineMetrics::default());
+    let engine = EngineHandle::start(
+        common::load_default_model,
+        EngineConfig {
+            kv_cache_bytes: 10 << 20,
+            watermark_blocks: 0,
+            queue_timeout: Duration::from_secs(1),
+            ..EngineConfig::default()
+        },
+        std::sync::Arc::clone(&metrics),
+    )
+    .expect("start the engine");
+    assert_eq!(engine.stats().blocks_total, 14);
+    let older: Vec<u32> = (5000..5080).collect();
+    let newer: Vec<u32> = (7000..7080).collect();
+    // Queued together, so both start in the first step.
+    let mut pending = engine
+        .submit_all(vec![
+            request(&older, 2000, SamplingParams::greedy()),
+            request(&newer, 2000, SamplingParams::greedy()),
+        ])
+        .expect("submit");
+    let newer = pending.pop().unwrap().admitted().await.expect("admitted");
+    let older = pending.pop().unwrap().admitted().await.expect("admitted");
+    let older = tokio::spawn(collect(older));
+    let newer = collect(newer).await;
+    assert_eq!(newer.reason, FinishReason::Aborted);
+    assert!(newer.usage.completion_tokens > 0, "{:?}", newer.usage);
+    assert!(engine.stats().preemptions >= 1, "{:?}", engine.stats());
+    let aborted = metrics.counters().aborted;
+    assert_eq!(
+        aborted.get(&mlx_serve::metrics::engine::AbortCause::QueueTimeout),
+        Some(&1),
+        "{aborted:?}"
+    );
+    // The older one runs on until it is dropped.
+    assert!(!older.is_finished());
+    older.abort();
+    wait_until(&engine, "blocks freed", |e| e.stats().blocks_in_use == 0).await;
+}

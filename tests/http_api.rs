@@ -241,8 +241,7 @@ async fn completions_take_every_prompt_form() {
     let ids = server()
         .engine()
         .model()
-        .tokenizer
-        .encode("The capital of France is", true)
+        .text_prompt("The capital of France is")
         .unwrap();
     let (_, by_ids) = post("/v1/completions", &body(json!(ids), json!({}))).await;
     assert_eq!(by_ids["choices"][0]["text"], text.as_str());
@@ -569,8 +568,51 @@ async fn every_error_is_an_envelope_with_the_right_status() {
                 .to_string()
                 .into_bytes(),
             StatusCode::BAD_REQUEST,
+            Some("prompt"),
             None,
+        ),
+        // More blocks than the whole 64 MiB pool (1,456 tokens): named as the prompt.
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": vec![100; 2000], "max_tokens": 1})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            Some("prompt"),
+            Some("prompt_exceeds_kv_cache"),
+        ),
+        // Bounded cost: stop strings, message count, text size.
+        (
+            "/v1/chat/completions",
+            chat_with(json!({"stop": "x".repeat(257)})),
+            StatusCode::BAD_REQUEST,
+            Some("stop"),
             None,
+        ),
+        (
+            "/v1/chat/completions",
+            chat_with(json!({"stop": ["a".repeat(200), "b".repeat(200), "c".repeat(200)]})),
+            StatusCode::BAD_REQUEST,
+            Some("stop"),
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": vec![json!({"role": "user", "content": "hi"}); 9000]})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            Some("messages"),
+            Some("context_length_exceeded"),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "a ".repeat(400_000)})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            Some("prompt"),
+            Some("context_length_exceeded"),
         ),
         (
             "/v1/completions",
@@ -637,6 +679,123 @@ async fn every_error_is_an_envelope_with_the_right_status() {
         .post(server().url("/v1/chat/completions"))
         .header("x-agent-id", "agent-7.a_b")
         .json(&chat("x", json!({"max_tokens": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A temperature too small to divide by is greedy, not a draw from an overflowed
+/// distribution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_temperatures_are_greedy() {
+    let _shared = ENGINE_STATS.read().await;
+    let text = |temperature: f64| async move {
+        let (status, body) = post(
+            "/v1/chat/completions",
+            &chat(
+                QUESTION,
+                json!({"max_tokens": 12, "temperature": temperature}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let greedy = text(0.0).await;
+    for tiny in [1e-39, 1e-30, 1e-6] {
+        assert_eq!(text(tiny).await, greedy, "temperature {tiny}");
+    }
+}
+
+/// What a browser attack or a log forger sends is refused or neutralised: POST bodies not
+/// declared as JSON (415), a `Host` that is not a loopback name (403, DNS rebinding), a
+/// request id with spaces or `=` or of 100 KB (replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_edges_refuse_foreign_hosts_undeclared_bodies_and_forged_ids() {
+    let _shared = ENGINE_STATS.read().await;
+    let body = chat("x", json!({"max_tokens": 1})).to_string();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = client()
+            .post(server().url("/v1/chat/completions"))
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        let body: Value = response.json().await.unwrap();
+        let error = assert_envelope(&body);
+        assert_eq!(error["code"], "unsupported_media_type");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("Content-Type: application/json")
+        );
+    }
+    // The test server listens on 127.0.0.1: only loopback names are answered.
+    for (host, status) in [
+        ("evil.example", StatusCode::FORBIDDEN),
+        ("evil.example:8000", StatusCode::FORBIDDEN),
+        ("localhost:8000", StatusCode::OK),
+        ("127.0.0.1", StatusCode::OK),
+    ] {
+        let response = client()
+            .get(server().url("/v1/models"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{host}");
+        if status == StatusCode::FORBIDDEN {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(assert_envelope(&body)["code"], "host_not_allowed");
+        }
+    }
+    // Request ids: kept when short and plain, replaced otherwise.
+    let long = "x".repeat(1000);
+    for (sent, kept) in [
+        ("client-id_1.2:3", true),
+        ("a b=forged", false),
+        (long.as_str(), false),
+    ] {
+        let response = client()
+            .get(server().url("/health/live"))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(echoed == sent, kept, "{}", &sent[..sent.len().min(20)]);
+        if !kept {
+            assert_eq!(echoed.len(), 36, "a generated UUID: {echoed}");
+        }
+    }
+    // Headers beyond the connection's buffer are refused before any request exists.
+    let response = client()
+        .get(server().url("/health/live"))
+        .header("x-request-id", "x".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let response = client()
+        .get(server().url("/health/live"))
         .send()
         .await
         .unwrap();

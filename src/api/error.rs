@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::api::openai::params::RequestError;
-use crate::engine::SubmitError;
-use crate::engine::scheduler::AdmitError;
+use crate::api::openai::response::Endpoint;
+use crate::engine::scheduler::{AdmitError, Busy};
+use crate::engine::{PromptError, SubmitError};
 
 /// Seconds a client should wait before retrying a 429 (the pool frees blocks as soon as
 /// any running request finishes, typically within seconds).
@@ -104,6 +105,38 @@ impl ApiError {
         .code("method_not_allowed")
     }
 
+    /// 415: a POST body not declared as JSON.
+    pub fn unsupported_media_type(content_type: Option<&str>) -> Self {
+        let got = match content_type {
+            Some(value) => format!("`{value}`"),
+            None => "no Content-Type".to_owned(),
+        };
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!(
+                "request bodies must be JSON with the header `Content-Type: application/json` \
+                 (got {got}; with curl add -H 'Content-Type: application/json')"
+            ),
+        )
+        .code("unsupported_media_type")
+    }
+
+    /// 403: the `Host` header names a host this server does not answer to (DNS-rebinding
+    /// defence while bound to loopback).
+    pub fn host_not_allowed(host: &str) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!(
+                "the Host `{host}` is not allowed: this server is bound to a loopback address \
+                 and answers only to loopback names; start it with --allowed-host {host} to \
+                 allow it"
+            ),
+        )
+        .code("host_not_allowed")
+    }
+
     /// 413: the body is over `--max-body-bytes`.
     pub fn body_too_large(limit: usize) -> Self {
         ApiError::new(
@@ -187,12 +220,14 @@ impl From<RequestError> for ApiError {
     }
 }
 
-impl From<SubmitError> for ApiError {
-    fn from(error: SubmitError) -> Self {
+impl ApiError {
+    /// An engine refusal for a request to `endpoint` (which names the prompt field).
+    pub fn from_submit(error: SubmitError, endpoint: Endpoint) -> Self {
+        let prompt = endpoint.prompt_param();
         match error {
             SubmitError::Invalid(AdmitError::PromptTooLong { tokens, limit }) => {
                 ApiError::context_length_exceeded(
-                    "messages",
+                    prompt,
                     format!(
                         "the prompt has {tokens} tokens, but this model's context holds at most \
                          {limit} prompt tokens"
@@ -201,7 +236,7 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::Invalid(AdmitError::PromptLargerThanPool { needed, total }) => {
                 ApiError::invalid_request(
-                    Some("messages".to_owned()),
+                    Some(prompt.to_owned()),
                     format!(
                         "the prompt needs {needed} KV-cache blocks but the whole pool has \
                          {total}; shorten it or start the server with a larger --kv-cache-mb"
@@ -209,20 +244,39 @@ impl From<SubmitError> for ApiError {
                 )
                 .code("prompt_exceeds_kv_cache")
             }
-            SubmitError::Invalid(error) => ApiError::invalid_request(None, error.to_string()),
-            SubmitError::InvalidSampling(message) => ApiError::invalid_request(None, message),
-            SubmitError::Busy { reason } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                format!("{reason}; retry shortly"),
-            )
-            .code("kv_cache_exhausted")
-            .retry_after(RETRY_AFTER_BUSY_SECS),
+            SubmitError::Invalid(error @ AdmitError::TooManyGenerations { .. }) => {
+                ApiError::invalid_request(Some(prompt.to_owned()), error.to_string())
+                    .code("too_many_prompts")
+            }
+            SubmitError::Invalid(error) => {
+                ApiError::invalid_request(Some(prompt.to_owned()), error.to_string())
+            }
+            SubmitError::TokenOutOfVocabulary { .. } => {
+                ApiError::invalid_request(Some(prompt.to_owned()), error.to_string())
+            }
+            SubmitError::InvalidSampling(error) => {
+                ApiError::invalid_request(Some(error.field.to_owned()), error.to_string())
+            }
+            SubmitError::Busy(busy) => {
+                let code = match busy {
+                    Busy::QueueFull { .. } => "queue_full",
+                    Busy::PoolExhausted => "kv_cache_exhausted",
+                    Busy::BatchFull => "batch_full",
+                };
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    format!("the server is at capacity: {busy}; retry shortly"),
+                )
+                .code(code)
+                .retry_after(RETRY_AFTER_BUSY_SECS)
+            }
             SubmitError::QueueTimeout { waited } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_exceeded",
                 format!(
-                    "waited {:.1} s for KV-cache blocks without getting them; retry shortly",
+                    "waited {:.1} s for a batch slot and KV-cache blocks without getting them; \
+                     retry shortly",
                     waited.as_secs_f64()
                 ),
             )
@@ -230,6 +284,23 @@ impl From<SubmitError> for ApiError {
             .retry_after(RETRY_AFTER_BUSY_SECS),
             SubmitError::Draining => ApiError::draining(),
             SubmitError::Stopped => ApiError::internal("the inference engine is not running"),
+        }
+    }
+
+    /// A prompt that could not be prepared for a request to `endpoint`.
+    pub fn from_prompt(error: PromptError, endpoint: Endpoint) -> Self {
+        let prompt = endpoint.prompt_param();
+        match error {
+            PromptError::TooManyMessages { .. } | PromptError::TooLong { .. } => {
+                ApiError::context_length_exceeded(prompt, error.to_string())
+            }
+            PromptError::Template(error) => ApiError::invalid_request(
+                Some(prompt.to_owned()),
+                format!("the model's chat template cannot render these messages: {error}"),
+            ),
+            PromptError::Tokenizer(error) => {
+                ApiError::internal(format!("tokenizing the prompt failed: {error}"))
+            }
         }
     }
 }
@@ -242,35 +313,55 @@ mod tests {
 
     #[test]
     fn engine_errors_map_to_statuses() {
-        let status = |e: SubmitError| ApiError::from(e).status;
+        let chat = |e: SubmitError| ApiError::from_submit(e, Endpoint::Chat);
         assert_eq!(
-            status(SubmitError::Invalid(AdmitError::EmptyPrompt)),
+            chat(SubmitError::Invalid(AdmitError::EmptyPrompt)).status,
             StatusCode::BAD_REQUEST
         );
-        let busy = ApiError::from(SubmitError::Busy {
-            reason: "full".into(),
-        });
+        let busy = chat(SubmitError::Busy(Busy::PoolExhausted));
         assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(busy.retry_after, Some(RETRY_AFTER_BUSY_SECS));
         assert_eq!(busy.kind, "rate_limit_exceeded");
+        assert_eq!(busy.code, Some("kv_cache_exhausted"));
+        let full = chat(SubmitError::Busy(Busy::QueueFull {
+            waiting: 3,
+            limit: 3,
+        }));
+        assert_eq!(full.code, Some("queue_full"));
         assert_eq!(
-            status(SubmitError::QueueTimeout {
-                waited: Duration::from_secs(3)
-            }),
-            StatusCode::TOO_MANY_REQUESTS
+            chat(SubmitError::Busy(Busy::BatchFull)).code,
+            Some("batch_full")
         );
-        let draining = ApiError::from(SubmitError::Draining);
+        let timeout = chat(SubmitError::QueueTimeout {
+            waited: Duration::from_secs(3),
+        });
+        assert_eq!(timeout.status, StatusCode::TOO_MANY_REQUESTS);
+        let draining = chat(SubmitError::Draining);
         assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(draining.retry_after.is_some());
         assert_eq!(
-            status(SubmitError::Stopped),
+            chat(SubmitError::Stopped).status,
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        let long = ApiError::from(SubmitError::Invalid(AdmitError::PromptTooLong {
+        // The prompt's field is named per endpoint.
+        let long = SubmitError::Invalid(AdmitError::PromptTooLong {
             tokens: 9000,
             limit: 8191,
-        }));
-        assert_eq!(long.code, Some("context_length_exceeded"));
+        });
+        let error = chat(long.clone());
+        assert_eq!(error.code, Some("context_length_exceeded"));
+        assert_eq!(error.param.as_deref(), Some("messages"));
+        let error = ApiError::from_submit(long, Endpoint::Completions);
+        assert_eq!(error.param.as_deref(), Some("prompt"));
+        let vocab = ApiError::from_submit(
+            SubmitError::TokenOutOfVocabulary {
+                token: 99999,
+                vocab: 49152,
+            },
+            Endpoint::Completions,
+        );
+        assert_eq!(vocab.param.as_deref(), Some("prompt"));
+        assert!(vocab.message.contains("vocabulary"), "{}", vocab.message);
     }
 
     #[test]

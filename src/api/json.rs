@@ -1,13 +1,16 @@
 //! `JsonBody<T>`: the request-body extractor every endpoint uses instead of axum's `Json`,
-//! so that every way a body can be wrong (too large, not UTF-8, not JSON, wrong shape) is
-//! answered in OpenAI's error envelope and names the field at fault.
+//! so that every way a body can be wrong (not declared as JSON, too large, not UTF-8, not
+//! JSON, wrong shape) is answered in OpenAI's error envelope and names the field at fault.
 //!
-//! The content type is not checked: `curl -d` sends `application/x-www-form-urlencoded`,
-//! and a JSON body is a JSON body whatever the header says.
+//! The body must be declared `Content-Type: application/json` (parameters such as
+//! `charset` allowed), else 415 with a hint. Besides being what every OpenAI client sends,
+//! this closes a hole: a web page may POST `text/plain` to a local server without asking
+//! the browser's permission first, but never `application/json` (that needs a CORS
+//! preflight, which fails unless `--cors-origin` allows the page).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -21,6 +24,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let content_type = request.headers().get(header::CONTENT_TYPE);
+        if !content_type.is_some_and(is_json) {
+            let shown = content_type.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return Err(ApiError::unsupported_media_type(shown.as_deref()));
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -35,6 +43,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             })?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// Whether a `Content-Type` declares JSON: `application/json`, any case, any parameters.
+fn is_json(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
 }
 
 /// Parses `bytes` as one JSON document of type `T`.
@@ -120,6 +137,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
+    }
+
+    #[test]
+    fn only_json_content_types_pass() {
+        for good in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(good)), "{good}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
     }
 
     #[test]

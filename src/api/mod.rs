@@ -1,17 +1,20 @@
 //! The OpenAI-compatible HTTP layer on axum: routes, middleware (request ids, latency
-//! metrics with tracing spans and access log lines, CORS, body limit, API keys, refusal
-//! while loading or draining), errors in OpenAI's envelope, health and metrics endpoints,
-//! and the server with its graceful shutdown. No model or MLX types here: the
+//! metrics with tracing spans and access log lines, the allowed hosts, CORS, body limit,
+//! API keys, refusal while loading or draining), errors in OpenAI's envelope, health and
+//! metrics endpoints, and the server (accept loop, connection limits, graceful shutdown). No model or MLX types here: the
 //! engine is reached only through [`crate::engine::EngineHandle`].
 
 pub mod agent;
 pub mod auth;
+pub mod connection;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod json;
 pub mod latency;
 pub mod metrics;
 pub mod openai;
+pub mod request_id;
 pub mod server;
 pub mod shutdown;
 pub mod state;
@@ -31,6 +34,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::config::ServeSettings;
 use crate::metrics::engine::Rejection;
 use error::ApiError;
+use host::AllowedHosts;
 use latency::LatencyLayer;
 use openai::{handlers, models};
 use state::AppState;
@@ -73,8 +77,14 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
     if let Some(cors) = cors_layer(&settings.cors_origin) {
         app = app.layer(cors);
     }
-    app.layer(
+    let allowed_hosts = Arc::new(AllowedHosts::new(&settings.host, &settings.allowed_host));
+    app.layer(middleware::from_fn_with_state(
+        allowed_hosts,
+        host::check_host,
+    ))
+    .layer(
         ServiceBuilder::new()
+            .map_request(request_id::drop_unacceptable)
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(request_id))
             .layer(LatencyLayer::new(Arc::clone(state.metrics()))),

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::error::ApiError;
 use crate::config::ServeSettings;
 use crate::engine::EngineHandle;
@@ -26,6 +28,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Readiness fails above this fraction of KV blocks in use.
     ready_max_kv_usage: f64,
+    /// Prompt preparations (template rendering, tokenizing) allowed at once.
+    prompt_permits: Arc<Semaphore>,
 }
 
 /// Why the server should not get traffic now (`/health/ready` answers 503 with it).
@@ -37,6 +41,8 @@ pub enum NotReady {
     EngineStopped,
     /// More KV blocks are in use than `--ready-max-kv-usage` allows.
     KvCacheSaturated,
+    /// Every batch slot is busy and generations wait for one.
+    BatchSaturated,
 }
 
 impl NotReady {
@@ -47,6 +53,7 @@ impl NotReady {
             NotReady::Draining => "draining",
             NotReady::EngineStopped => "engine_stopped",
             NotReady::KvCacheSaturated => "kv_cache_saturated",
+            NotReady::BatchSaturated => "batch_saturated",
         }
     }
 }
@@ -67,6 +74,9 @@ impl AppState {
                 max_body_bytes: settings.max_body_bytes,
                 metrics: Arc::new(Metrics::default()),
                 ready_max_kv_usage: settings.ready_max_kv_usage,
+                prompt_permits: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )),
             }),
         }
     }
@@ -110,6 +120,14 @@ impl AppState {
         self.shared.max_body_bytes
     }
 
+    /// A permit to prepare a prompt; waits while every core is already preparing one.
+    pub async fn prompt_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.shared.prompt_permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("prompt preparation is closed"))
+    }
+
     /// The server's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
@@ -124,8 +142,12 @@ impl AppState {
         if !engine.is_running() {
             return Err(NotReady::EngineStopped);
         }
-        if engine.stats().kv_usage_ratio() > self.shared.ready_max_kv_usage {
+        let stats = engine.stats();
+        if stats.kv_usage_ratio() > self.shared.ready_max_kv_usage {
             return Err(NotReady::KvCacheSaturated);
+        }
+        if stats.batch_saturated {
+            return Err(NotReady::BatchSaturated);
         }
         Ok(())
     }
@@ -136,6 +158,7 @@ impl AppState {
             engine: self.engine().ok().map(EngineHandle::stats),
             draining: self.is_draining(),
             ready: self.readiness().is_ok(),
+            open_connections: self.shared.metrics.http.open_connections(),
         }
     }
 }

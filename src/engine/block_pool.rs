@@ -169,6 +169,36 @@ impl BlockPool {
         Ok(blocks)
     }
 
+    /// Blocks an admission would take out of [`BlockPool::available`]: `fresh` new ones
+    /// plus every block of `prefix` that is cached now (sharing it brings it back into
+    /// use); shared blocks already in use cost nothing.
+    pub fn admission_cost(&self, prefix: &[BlockId], fresh: usize) -> usize {
+        fresh + prefix.iter().filter(|&&b| self.refcount(b) == 0).count()
+    }
+
+    /// Shares `prefix` (blocks found by [`BlockPool::lookup_prefix`]) and allocates `fresh`
+    /// more after it, all or nothing: the returned table is `prefix` followed by the new
+    /// blocks. Fails, taking nothing, when [`BlockPool::admission_cost`] exceeds what is
+    /// available (a cached prefix block taken back into use is no longer available for the
+    /// rest).
+    pub fn share_and_allocate(
+        &mut self,
+        prefix: &[BlockId],
+        fresh: usize,
+    ) -> Result<Vec<BlockId>, PoolExhausted> {
+        let cost = self.admission_cost(prefix, fresh);
+        if cost > self.available() {
+            return Err(PoolExhausted {
+                requested: cost,
+                available: self.available(),
+            });
+        }
+        prefix.iter().for_each(|&b| self.retain(b));
+        let mut table = prefix.to_vec();
+        table.extend(self.allocate(fresh, prefix.last().copied())?);
+        Ok(table)
+    }
+
     /// Turns the least recently released cached block into a free one (forgetting its
     /// content) and returns it. Only called when `free` is empty and `cached` is not.
     fn evict_oldest_cached(&mut self) -> BlockId {
@@ -312,6 +342,39 @@ mod tests {
         let all = pool.allocate(4, None).unwrap();
         assert_eq!(all, vec![2, 3, 0, 1]);
         assert!(pool.lookup_prefix(&hashes).is_empty());
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn sharing_a_cached_prefix_counts_it_as_taken() {
+        let mut pool = BlockPool::new(6);
+        let hashes = BlockHash::chain_all(&[1, 2, 3, 4, 5, 6], 3);
+        let old = pool.allocate(2, None).unwrap();
+        for (&b, &h) in old.iter().zip(&hashes) {
+            pool.register(b, h);
+        }
+        old.iter().for_each(|&b| pool.release(b));
+        // Two cached, one free after another sequence takes three.
+        let other = pool.allocate(3, None).unwrap();
+        assert_eq!((pool.cached(), pool.free(), pool.available()), (2, 1, 3));
+        let prefix = pool.lookup_prefix(&hashes);
+        assert_eq!(prefix, old);
+        // The prefix plus two fresh blocks would take 4 of the 3 available.
+        assert_eq!(pool.admission_cost(&prefix, 2), 4);
+        let err = pool.share_and_allocate(&prefix, 2).unwrap_err();
+        assert_eq!((err.requested, err.available), (4, 3));
+        assert_eq!(pool.in_use(), 3, "a refused admission takes nothing");
+        pool.check().unwrap();
+        // One fresh block fits: the table is the prefix, then the new block.
+        let table = pool.share_and_allocate(&prefix, 1).unwrap();
+        assert_eq!(&table[..2], &old[..]);
+        assert_eq!(table.len(), 3);
+        assert_eq!((pool.available(), pool.in_use()), (0, 6));
+        // Sharing blocks already in use costs nothing.
+        assert_eq!(pool.admission_cost(&prefix, 0), 0);
+        for &b in table.iter().chain(&other) {
+            pool.release(b);
+        }
         pool.check().unwrap();
     }
 

@@ -1,35 +1,40 @@
-//! `EngineHandle`: the async side's view of the engine thread. Cheap to clone; every call
-//! is a message to the thread that owns the model (MLX arrays never leave it).
+//! `EngineHandle`: the async side's view of the engine. Cheap to clone. Queueing and
+//! refusing happen on the caller's thread under the admission lock (see
+//! [`super::admission`]); everything else is a message to the thread that owns the model
+//! (MLX arrays never leave it).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::scheduler::AdmitError;
+use super::admission::{Admission, Pending, Queued};
+use super::sampling::SamplingError;
+use super::scheduler::{AdmitError, Busy};
 use super::sequence::{Event, GenerationRequest};
+use super::served_model::ServedModel;
 use super::worker::{Command, EngineConfig, Worker};
-use crate::metrics::engine::EngineMetrics;
+use crate::metrics::engine::{EngineMetrics, Rejection};
 use crate::model::ModelError;
-use crate::model::chat_template::ChatTemplate;
-use crate::model::identity::ModelIdentity;
 use crate::model::loader::LoadedModel;
-use crate::model::tokenizer::Tokenizer;
 
 /// Why a request was not started. Each maps to one HTTP status in the API layer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SubmitError {
-    /// The prompt can never be served (too long for the context or the whole pool, empty).
+    /// The prompt (or the request's number of prompts) can never be served.
     #[error(transparent)]
     Invalid(AdmitError),
-    /// Sampling settings out of range; the message names the field.
-    #[error("invalid sampling parameters: {0}")]
-    InvalidSampling(String),
-    /// The wait queue is full (or disabled) and the pool cannot take the request now.
-    #[error("the server is at capacity: {reason}")]
-    Busy { reason: String },
-    /// Waited longer than the queue timeout for KV blocks.
-    #[error("timed out after {waited:?} waiting for KV cache blocks")]
+    /// A prompt token id the model does not have.
+    #[error("prompt token id {token} is outside the vocabulary of {vocab} ids")]
+    TokenOutOfVocabulary { token: u32, vocab: usize },
+    /// Sampling settings out of range; names the field.
+    #[error(transparent)]
+    InvalidSampling(SamplingError),
+    /// The queue bound: the request cannot wait (see [`Busy`] for why).
+    #[error("the server is at capacity: {0}")]
+    Busy(Busy),
+    /// Waited longer than the queue timeout for a batch slot and KV blocks.
+    #[error("timed out after {waited:?} waiting for a batch slot and KV cache blocks")]
     QueueTimeout { waited: Duration },
     /// The engine is draining for shutdown.
     #[error("the server is shutting down")]
@@ -39,13 +44,16 @@ pub enum SubmitError {
     Stopped,
 }
 
-/// What a drain did.
+/// What a drain did, counting each generation once by how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DrainReport {
-    /// In-flight generations that finished on their own during the drain.
+    /// In-flight generations that finished on their own (`stop` or `length`).
     pub completed: usize,
-    /// Generations ended with finish reason `aborted` at the timeout.
+    /// Generations the engine ended with finish reason `aborted`: at the drain deadline,
+    /// or earlier (a stalled client, a failed step, a preempted one past its deadline).
     pub aborted: usize,
+    /// Generations whose client left during the drain.
+    pub cancelled: usize,
     /// Queued requests refused with `Draining`.
     pub rejected: usize,
     pub elapsed: Duration,
@@ -54,8 +62,16 @@ pub struct DrainReport {
 /// A snapshot of the engine, refreshed every step.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct EngineStats {
+    /// Sequences holding a batch slot (paused ones included).
     pub running: usize,
+    /// Running sequences whose client is behind (they run no tokens).
+    pub paused: usize,
+    /// Generations waiting for admission (new and preempted).
     pub waiting: usize,
+    /// Sequences that gave up their slot while their client was behind.
+    pub parked: usize,
+    /// Every batch slot is busy with an unpaused sequence and generations wait for one.
+    pub batch_saturated: bool,
     pub blocks_total: usize,
     pub blocks_in_use: usize,
     pub blocks_cached: usize,
@@ -63,7 +79,10 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Generated tokens per second over the last step.
     pub tokens_per_second: f64,
+    /// Sequences preempted for blocks (recomputed later).
     pub preemptions: u64,
+    /// Paused sequences that gave up their slot and blocks to others.
+    pub paused_preemptions: u64,
     pub draining: bool,
     /// Seconds spent in steps in total, and the part of it inside the model's forward pass:
     /// the difference is the engine's own overhead (scheduling, sampling, detokenizing).
@@ -97,19 +116,11 @@ impl EventStream {
     }
 }
 
-/// What the async side knows about the loaded model: the parts it needs to turn requests
-/// into token ids and to name the model. No MLX inside; shared, read-only.
-#[derive(Debug)]
-pub struct ServedModel {
-    pub identity: ModelIdentity,
-    pub tokenizer: Arc<Tokenizer>,
-    pub chat_template: Arc<ChatTemplate>,
-}
-
 /// Handle to a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: std::sync::mpsc::Sender<Command>,
+    admission: Arc<Admission>,
     stats: Arc<Mutex<EngineStats>>,
     model: Arc<ServedModel>,
     thread: Arc<std::thread::JoinHandle<()>>,
@@ -135,7 +146,7 @@ impl EngineHandle {
                     Ok(mut worker) => {
                         // Stats are valid from the moment `start` returns.
                         worker.publish_stats(0.0);
-                        let _ = ready_tx.send(Ok(worker.served_model()));
+                        let _ = ready_tx.send(Ok((worker.served_model(), worker.admission())));
                         worker.run(inbox);
                     }
                     Err(e) => {
@@ -145,8 +156,9 @@ impl EngineHandle {
             )
             .map_err(|e| ModelError::KvCache(format!("cannot start the engine thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok(model)) => Ok(EngineHandle {
+            Ok(Ok((model, admission))) => Ok(EngineHandle {
                 commands,
+                admission,
                 stats,
                 model: Arc::new(model),
                 thread: Arc::new(thread),
@@ -158,23 +170,113 @@ impl EngineHandle {
         }
     }
 
-    /// Starts a generation. Resolves when it is admitted (the stream then carries its
-    /// events) or refused: at once for impossible prompts, a full queue or a drain; after
-    /// the queue timeout when no blocks freed up in time.
+    /// Queues one generation and waits for its admission: the event stream, or why it was
+    /// refused (at once for invalid requests and a full queue; after the queue timeout when
+    /// it could not start in time).
     pub async fn submit(&self, request: GenerationRequest) -> Result<EventStream, SubmitError> {
-        request
-            .sampling
-            .validate()
-            .map_err(SubmitError::InvalidSampling)?;
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Submit { request, reply })
-            .map_err(|_| SubmitError::Stopped)?;
-        answer.await.unwrap_or(Err(SubmitError::Stopped))
+        match self.submit_all(vec![request])?.pop() {
+            Some(pending) => pending.admitted().await,
+            None => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Queues the generations of one request, all or none, and answers at once: a ticket
+    /// per generation (in order) that resolves on admission, or why none was queued —
+    /// invalid input, a drain, or [`SubmitError::Busy`] when more generations than
+    /// `max_queue` would be left waiting (each prompt counts). Never waits for the engine
+    /// thread.
+    pub fn submit_all(
+        &self,
+        mut requests: Vec<GenerationRequest>,
+    ) -> Result<Vec<Pending>, SubmitError> {
+        let context = self.model.identity.context_length;
+        let vocab = self.model.vocab_size();
+        for request in &mut requests {
+            request
+                .sampling
+                .validate()
+                .map_err(SubmitError::InvalidSampling)?;
+            if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+                return Err(SubmitError::TokenOutOfVocabulary { token, vocab });
+            }
+            // Never generate past the context; the scheduler refuses a prompt that fills it.
+            request.max_tokens = request
+                .max_tokens
+                .min(context.saturating_sub(request.prompt.len()))
+                .max(1);
+        }
+        let metrics = &self.admission.metrics;
+        let submitted = Instant::now();
+        let mut book = self.admission.lock();
+        if book.stopped {
+            return Err(SubmitError::Stopped);
+        }
+        if book.draining {
+            metrics.record_rejection(Rejection::Draining);
+            return Err(SubmitError::Draining);
+        }
+        let ids = book.ids(requests.len());
+        let prompts = ids
+            .iter()
+            .zip(&requests)
+            .map(|(&id, request)| (id, request.prompt.clone()))
+            .collect();
+        book.scheduler
+            .submit(prompts)
+            .map_err(|error| match error {
+                AdmitError::Busy(busy) => {
+                    metrics.record_rejection(Rejection::from(busy));
+                    SubmitError::Busy(busy)
+                }
+                invalid => SubmitError::Invalid(invalid),
+            })?;
+        let mut pending = Vec::with_capacity(requests.len());
+        for (id, request) in ids.into_iter().zip(requests) {
+            let (reply, answer) = oneshot::channel();
+            book.queued.insert(
+                id,
+                Queued {
+                    request,
+                    reply,
+                    submitted,
+                },
+            );
+            pending.push(Pending::new(
+                id,
+                answer,
+                submitted,
+                Arc::clone(&self.admission),
+            ));
+        }
+        drop(book);
+        // Wakes the engine thread if it is idle; it plans the next step at once otherwise.
+        let _ = self.commands.send(Command::Wake);
+        Ok(pending)
+    }
+
+    /// Refuses at once a request of `generations` prompts that [`EngineHandle::submit_all`]
+    /// would refuse whatever its prompts (a full queue, a drain), so an overloaded server
+    /// answers before spending time on preparing the prompts. Passing this is no promise:
+    /// `submit_all` decides with the prompts.
+    pub fn check_room(&self, generations: usize) -> Result<(), SubmitError> {
+        let metrics = &self.admission.metrics;
+        let book = self.admission.lock();
+        if book.stopped {
+            return Err(SubmitError::Stopped);
+        }
+        if book.draining {
+            metrics.record_rejection(Rejection::Draining);
+            return Err(SubmitError::Draining);
+        }
+        book.scheduler.check_room(generations).map_err(|busy| {
+            metrics.record_rejection(Rejection::from(busy));
+            SubmitError::Busy(busy)
+        })
     }
 
     /// Stops admitting, lets in-flight generations finish for up to `timeout`, aborts the
-    /// rest and frees every block. Idempotent: a second call reports what is left.
+    /// rest and frees every block. Idempotent: a second call waits for the same drain or
+    /// reports at once.
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let (reply, answer) = oneshot::channel();
         if self
@@ -188,7 +290,7 @@ impl EngineHandle {
     }
 
     /// The model this engine serves.
-    pub fn model(&self) -> &ServedModel {
+    pub fn model(&self) -> &Arc<ServedModel> {
         &self.model
     }
 
@@ -201,5 +303,15 @@ impl EngineHandle {
     /// The latest snapshot (updated every step).
     pub fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+impl From<Busy> for Rejection {
+    fn from(busy: Busy) -> Rejection {
+        match busy {
+            Busy::QueueFull { .. } => Rejection::QueueFull,
+            Busy::PoolExhausted => Rejection::KvCacheExhausted,
+            Busy::BatchFull => Rejection::BatchFull,
+        }
     }
 }

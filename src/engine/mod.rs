@@ -1,15 +1,20 @@
 //! The serving engine (BlockPoolBatchEngine): admission, scheduling and sampling over the
-//! model runtime: [`EngineHandle`] (async side) talks to one engine thread
-//! (`worker`) that owns the model, the KV pool and the [`scheduler`], and streams each
+//! model runtime: [`EngineHandle`] (async side) queues or refuses requests at once under
+//! the admission lock (`admission`) and talks to one engine thread (`worker`) that owns
+//! the model and the KV pool, plans each step with the [`scheduler`], and streams each
 //! request's events through a bounded channel.
 
+mod admission;
 pub mod block_pool;
 mod handle;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
+pub mod served_model;
 pub mod stop;
 mod worker;
 
-pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, ServedModel, SubmitError};
+pub use admission::Pending;
+pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
+pub use served_model::{PromptError, ServedModel};
 pub use worker::EngineConfig;

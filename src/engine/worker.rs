@@ -1,23 +1,31 @@
-//! The engine thread: owns the model, the KV pool and the scheduler, and runs forward steps
-//! for as long as there is work, taking commands between steps.
+//! The engine thread: owns the model and the KV pool, and runs forward steps for as long as
+//! there is work, planning each under the admission lock (see [`super::admission`]) and
+//! running it without.
 //!
 //! The thread never blocks on a client: events go into a per-request bounded channel with
 //! `try_send`; what does not fit waits in that request's small outbox, and a request with a
-//! non-empty outbox is paused (keeps its blocks, runs no tokens) until its client catches
-//! up, while the rest of the batch proceeds. A client that goes away (its stream dropped)
-//! is noticed at the next step and its blocks are freed.
+//! non-empty outbox is **paused** (it runs no tokens, and gives up its batch slot and
+//! blocks first when others need them) until its client catches up. A client that has
+//! taken nothing for `stall_timeout` is ended (`aborted`); one that goes away is noticed
+//! at the next step.
+//!
+//! **One retirement path.** Every admitted request ends in [`Worker::retire`], whatever the
+//! cause ([`End`]): it leaves the scheduler, its finish reason is counted once, its drain
+//! bookkeeping is updated and its last event queued for the client.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::handle::{DrainReport, EngineStats, EventStream, ServedModel, SubmitError};
-use super::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, Step};
-use super::sequence::{Event, FinishReason, GenerationRequest, SequenceState};
-use crate::metrics::engine::{EngineLatency, EngineMetrics, Rejection};
+use super::admission::{Admission, Book, Queued};
+use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
+use super::scheduler::{Phase, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
+use super::sequence::{Event, FinishReason, SequenceState};
+use super::served_model::ServedModel;
+use crate::metrics::engine::{AbortCause, EngineLatency, EngineMetrics, Rejection};
 use crate::model::ModelError;
 use crate::model::batch::SequenceChunk;
 use crate::model::kv_cache::{KvCacheConfig, PagedKvCache};
@@ -34,12 +42,16 @@ pub struct EngineConfig {
     pub max_step_tokens: usize,
     /// Prompt tokens one sequence prefills per step.
     pub prefill_chunk: usize,
-    /// Requests that may wait for blocks; 0 = refuse what cannot start at once.
+    /// Generations that may wait for admission; 0 = refuse what cannot start in the next
+    /// step.
     pub max_queue: usize,
-    /// Blocks kept free beyond a new prompt's at admission (room to grow).
+    /// Blocks kept free beyond a new prompt's own at admission (room to grow).
     pub watermark_blocks: usize,
-    /// Longest a request waits for admission.
+    /// Longest a generation waits for admission (also after a preemption).
     pub queue_timeout: Duration,
+    /// Longest a client may take nothing while events wait for it before its generation
+    /// is ended.
+    pub stall_timeout: Duration,
     /// Events buffered per request before it is paused.
     pub event_buffer: usize,
 }
@@ -55,38 +67,58 @@ impl Default for EngineConfig {
             max_queue: 64,
             watermark_blocks: 4,
             queue_timeout: Duration::from_secs(30),
-            event_buffer: 64,
+            stall_timeout: Duration::from_secs(60),
+            event_buffer: 16,
         }
     }
 }
 
 pub(crate) enum Command {
-    Submit {
-        request: GenerationRequest,
-        reply: oneshot::Sender<Result<EventStream, SubmitError>>,
-    },
+    /// Work was queued: plan a step.
+    Wake,
     Drain {
         timeout: Duration,
         reply: oneshot::Sender<DrainReport>,
     },
 }
 
-/// Submitted, not admitted yet.
-struct Pending {
-    request: GenerationRequest,
-    reply: oneshot::Sender<Result<EventStream, SubmitError>>,
-    /// When it was submitted.
-    since: Instant,
+/// How an admitted request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// By itself (`stop` or `length`); its `Finished` event is already queued.
+    Finished(FinishReason),
+    /// It outgrew the whole pool while running alone: finish reason `length`.
+    OutOfBlocks,
+    /// The client went away.
+    Cancelled,
+    /// The engine ended it: finish reason `aborted`.
+    Aborted(AbortCause),
 }
 
-/// Admitted and streaming.
-struct Active {
+impl End {
+    fn reason(self) -> FinishReason {
+        match self {
+            End::Finished(reason) => reason,
+            End::OutOfBlocks => FinishReason::Length,
+            End::Cancelled => FinishReason::Cancelled,
+            End::Aborted(_) => FinishReason::Aborted,
+        }
+    }
+}
+
+/// An admitted request: its generation state and what its client has not taken yet.
+struct Live {
     state: SequenceState,
     sender: mpsc::Sender<Event>,
     outbox: VecDeque<Event>,
-    /// Its `Finished` event is in the outbox; its blocks are already released.
-    done: bool,
     timing: Timing,
+    /// Retired: its last event is queued and its blocks are released; it leaves once the
+    /// client has taken everything (or left).
+    ended: bool,
+    /// Since when events wait for a client that takes nothing.
+    stalled_since: Option<Instant>,
+    /// Since when it waits for re-admission after a preemption.
+    requeued_since: Option<Instant>,
 }
 
 /// When a sequence passed each point of its life, for the latency metrics.
@@ -119,19 +151,38 @@ struct Drain {
     report: DrainReport,
 }
 
+/// Read-held by every engine thread for each step. The process-exit hook takes it for
+/// writing, for good, so C++ static destructors (MLX's allocator among them) never run
+/// under a forward step when a process that embeds engines (a test binary) exits normally.
+static STEP_GATE: RwLock<()> = RwLock::new(());
+static EXIT_HOOK: Once = Once::new();
+
+extern "C" fn stop_engines_at_exit() {
+    // Waits for a step in progress; never released, so no thread enters MLX again.
+    std::mem::forget(STEP_GATE.write().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// Registers [`stop_engines_at_exit`] after MLX's first use, so it runs before MLX's
+/// destructors (exit handlers run in reverse order of registration).
+fn register_exit_hook() {
+    #[cfg(unix)]
+    EXIT_HOOK.call_once(|| {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe {
+            libc::atexit(stop_engines_at_exit);
+        }
+    });
+}
+
 pub(crate) struct Worker {
     loaded: LoadedModel,
     cache: PagedKvCache,
-    scheduler: Scheduler,
+    admission: Arc<Admission>,
     config: EngineConfig,
     stats: Arc<Mutex<EngineStats>>,
     metrics: Arc<EngineMetrics>,
-    next_id: SeqId,
-    pending: HashMap<SeqId, Pending>,
-    active: HashMap<SeqId, Active>,
+    live: HashMap<SeqId, Live>,
     drain: Option<Drain>,
-    /// Set by the first drain: new requests are refused from then on.
-    draining: bool,
     counters: EngineStats,
     /// Mixed into the seed of requests without one, so unseeded requests differ between
     /// runs (OpenAI semantics) while staying independent of each other.
@@ -146,6 +197,7 @@ impl Worker {
         metrics: Arc<EngineMetrics>,
     ) -> Result<Self, ModelError> {
         let loaded = load()?;
+        register_exit_hook();
         let model_config = loaded.model.config().clone();
         let dtype = loaded.model.mode().compute_dtype();
         let kv = KvCacheConfig::from_budget(
@@ -166,18 +218,20 @@ impl Worker {
             max_queue: config.max_queue,
             watermark_blocks: config.watermark_blocks,
         });
+        let admission = Arc::new(Admission::new(
+            Book::new(scheduler),
+            Arc::clone(&metrics),
+            config.queue_timeout,
+        ));
         Ok(Worker {
             loaded,
             cache,
-            scheduler,
+            admission,
             config,
             stats,
             metrics,
-            next_id: 0,
-            pending: HashMap::new(),
-            active: HashMap::new(),
+            live: HashMap::new(),
             drain: None,
-            draining: false,
             counters: EngineStats::default(),
             seed_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -186,15 +240,20 @@ impl Worker {
     }
 
     pub(crate) fn served_model(&self) -> ServedModel {
-        ServedModel {
-            identity: self.loaded.identity.clone(),
-            tokenizer: Arc::clone(&self.loaded.tokenizer),
-            chat_template: Arc::clone(&self.loaded.chat_template),
-        }
+        ServedModel::new(
+            self.loaded.identity.clone(),
+            Arc::clone(&self.loaded.tokenizer),
+            Arc::clone(&self.loaded.chat_template),
+            self.loaded.model.config().vocab_size,
+        )
+    }
+
+    pub(crate) fn admission(&self) -> Arc<Admission> {
+        Arc::clone(&self.admission)
     }
 
     fn idle(&self) -> bool {
-        self.active.is_empty() && self.pending.is_empty() && self.drain.is_none()
+        self.live.is_empty() && self.drain.is_none() && self.admission.lock().queued.is_empty()
     }
 
     pub(crate) fn run(mut self, inbox: Receiver<Command>) {
@@ -219,10 +278,13 @@ impl Worker {
                 }
             }
             self.flush_outboxes();
-            self.expire_waiting();
+            self.expire();
             self.check_drain();
             let started = Instant::now();
-            let generated = self.step();
+            let generated = {
+                let _gate = STEP_GATE.read().unwrap_or_else(|p| p.into_inner());
+                self.step()
+            };
             self.flush_outboxes();
             let elapsed = started.elapsed().as_secs_f64();
             self.counters.step_seconds += elapsed;
@@ -236,12 +298,7 @@ impl Worker {
                 // Only paused or waiting work: wait briefly for a command or a client.
                 match inbox.recv_timeout(Duration::from_millis(2)) {
                     Ok(command) => self.handle(command),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        if self.active.is_empty() && self.pending.is_empty() {
-                            return;
-                        }
-                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
                 }
             }
         }
@@ -249,300 +306,328 @@ impl Worker {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit { request, reply } => self.submit(request, reply),
+            Command::Wake => {}
             Command::Drain { timeout, reply } => self.start_drain(timeout, reply),
         }
     }
 
-    fn submit(
-        &mut self,
-        mut request: GenerationRequest,
-        reply: oneshot::Sender<Result<EventStream, SubmitError>>,
-    ) {
-        if self.draining {
-            self.metrics.record_rejection(Rejection::Draining);
-            let _ = reply.send(Err(SubmitError::Draining));
-            return;
-        }
-        // Never generate past the context.
-        let context = self.loaded.model.config().context_length;
-        request.max_tokens = request
-            .max_tokens
-            .min(context.saturating_sub(request.prompt.len()));
-        if request.max_tokens == 0 {
-            let _ = reply.send(Err(SubmitError::Invalid(AdmitError::PromptTooLong {
-                tokens: request.prompt.len(),
-                limit: context.saturating_sub(1),
-            })));
-            return;
-        }
-        if let Some(&token) = request
-            .prompt
-            .iter()
-            .find(|&&t| t as usize >= self.loaded.model.config().vocab_size)
-        {
-            let _ = reply.send(Err(SubmitError::InvalidSampling(format!(
-                "prompt token id {token} is outside the vocabulary"
-            ))));
-            return;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        match self.scheduler.submit(id, request.prompt.clone()) {
-            Ok(()) => {
-                self.pending.insert(
-                    id,
-                    Pending {
-                        request,
-                        reply,
-                        since: Instant::now(),
-                    },
-                );
-            }
-            Err(AdmitError::QueueFull { waiting }) => {
-                self.metrics
-                    .record_rejection(if self.config.max_queue == 0 {
-                        Rejection::KvCacheExhausted
-                    } else {
-                        Rejection::QueueFull
-                    });
-                let _ = reply.send(Err(SubmitError::Busy {
-                    reason: format!(
-                        "the KV cache is full and {waiting} requests are already waiting"
-                    ),
-                }));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(SubmitError::Invalid(e)));
-            }
-        }
-    }
-
-    /// Runs one forward step; returns the number of tokens generated.
+    /// Plans and runs one forward step; returns the number of tokens generated.
     fn step(&mut self) -> usize {
-        let paused: HashSet<SeqId> = self
-            .active
-            .iter()
-            .filter(|(_, a)| !a.outbox.is_empty())
-            .map(|(&id, _)| id)
-            .collect();
-        let step = self.scheduler.schedule(&paused);
-        self.counters.preemptions += step.preempted.len() as u64;
-        self.start_admitted(&step);
-        for &id in &step.out_of_blocks {
-            self.finish(id, FinishReason::Length);
+        let now = Instant::now();
+        let (step, admitted, refused) = {
+            let mut book = self.admission.lock();
+            for (&id, live) in &self.live {
+                if !live.ended {
+                    book.scheduler.set_paused(id, !live.outbox.is_empty());
+                }
+            }
+            let step = book.scheduler.schedule();
+            let admitted: Vec<(SeqId, usize, Queued)> = step
+                .admitted
+                .iter()
+                .filter_map(|&(id, cached)| book.queued.remove(&id).map(|q| (id, cached, q)))
+                .collect();
+            let refused: Vec<(Queued, Rejection, SubmitError)> = step
+                .refused
+                .iter()
+                .filter_map(|&(id, busy)| {
+                    let queued = book.queued.remove(&id)?;
+                    Some((queued, Rejection::from(busy), SubmitError::Busy(busy)))
+                })
+                .collect();
+            // Sequences back in the queue wait under the queue deadline.
+            for (&id, live) in &mut self.live {
+                let waiting = book.scheduler.phase(id) == Some(Phase::Waiting);
+                live.requeued_since = match (waiting, live.requeued_since) {
+                    (true, None) => Some(now),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
+            }
+            (step, admitted, refused)
+        };
+        for (queued, rejection, error) in refused {
+            self.answer_refused(queued, rejection, error);
         }
-        let chunks: Vec<_> = step
+        self.counters.preemptions += step.preempted.len() as u64;
+        self.counters.paused_preemptions += step.parked.len() as u64;
+        for (id, cached, queued) in admitted {
+            self.start(id, cached, queued);
+        }
+        for &id in &step.out_of_blocks {
+            tracing::warn!(
+                request = id,
+                "a generation outgrew the whole KV pool; ending it with finish reason `length`"
+            );
+            self.retire(id, End::OutOfBlocks);
+        }
+        let chunks: Vec<&ScheduledChunk> = step
             .chunks
             .iter()
-            .filter(|c| self.active.get(&c.id).is_some_and(|a| !a.done))
+            .filter(|c| self.live.get(&c.id).is_some_and(|l| !l.ended))
             .collect();
-        if chunks.is_empty() {
+        let Some((chunks, logits)) = self.forward(chunks) else {
             return 0;
-        }
-        let model = &self.loaded.model;
-        let plan_chunks: Vec<SequenceChunk<'_>> = chunks
-            .iter()
-            .map(|c| SequenceChunk {
-                tokens: &c.tokens,
-                cached: c.cached,
-                block_table: &c.block_table,
-            })
-            .collect();
-        let forward_started = Instant::now();
-        let logits = model.forward(&plan_chunks, &mut self.cache);
-        self.counters.forward_seconds += forward_started.elapsed().as_secs_f64();
-        let logits = match logits {
-            Ok(logits) => logits,
-            Err(e) => {
-                tracing::error!(error = %e, "forward step failed; aborting its sequences");
-                let ids: Vec<SeqId> = chunks.iter().map(|c| c.id).collect();
-                for id in ids {
-                    self.finish(id, FinishReason::Aborted);
-                }
-                return 0;
-            }
         };
         let logits = logits.as_slice::<f32>();
-        let vocab = model.config().vocab_size;
+        let vocab = self.loaded.model.config().vocab_size;
         let now = Instant::now();
         let mut observations = Vec::new();
         let mut generated = 0;
-        let mut finished = Vec::new();
+        let mut ended = Vec::new();
+        let mut completions = Vec::with_capacity(chunks.len());
         for (row, chunk) in chunks.iter().enumerate() {
             if !chunk.samples {
-                self.scheduler.complete(chunk.id, chunk.tokens.len(), None);
+                completions.push((chunk.id, chunk.tokens.len(), None));
                 continue;
             }
-            let Some(active) = self.active.get_mut(&chunk.id) else {
+            let Some(live) = self.live.get_mut(&chunk.id) else {
                 continue;
             };
-            match active
-                .state
-                .advance(&logits[row * vocab..(row + 1) * vocab])
-            {
+            match live.state.advance(&logits[row * vocab..(row + 1) * vocab]) {
                 Ok((token, events)) => {
                     generated += 1;
-                    active.timing.token(now, &mut observations);
-                    self.scheduler
-                        .complete(chunk.id, chunk.tokens.len(), Some(token));
+                    live.timing.token(now, &mut observations);
+                    completions.push((chunk.id, chunk.tokens.len(), Some(token)));
                     if let Some(reason) = events.iter().find_map(|e| match e {
                         Event::Finished { reason, .. } => Some(*reason),
                         Event::Token { .. } => None,
                     }) {
-                        finished.push((chunk.id, reason));
+                        ended.push((chunk.id, End::Finished(reason)));
                     }
-                    active.outbox.extend(events);
+                    live.outbox.extend(events);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "detokenization failed; aborting the sequence");
-                    finished.push((chunk.id, FinishReason::Aborted));
-                    if let Ok(event) = active.state.finish(FinishReason::Aborted) {
-                        active.outbox.push_back(event);
-                    }
+                    tracing::error!(request = chunk.id, error = %e, "detokenization failed");
+                    ended.push((chunk.id, End::Aborted(AbortCause::Detokenizer)));
                 }
             }
         }
+        {
+            let mut book = self.admission.lock();
+            for (id, computed, sampled) in completions {
+                book.scheduler.complete(id, computed, sampled);
+            }
+        }
         self.metrics.record(observations);
-        for (id, reason) in finished {
-            self.release(id, reason);
+        for (id, end) in ended {
+            self.retire(id, end);
         }
         self.counters.generated_tokens += generated as u64;
         self.counters.steps += 1;
         generated
     }
 
-    /// Opens streams for newly admitted requests (preempted ones coming back already
-    /// have theirs).
-    fn start_admitted(&mut self, step: &Step) {
-        for &(id, cached) in &step.admitted {
-            let Some(pending) = self.pending.remove(&id) else {
-                continue;
-            };
-            let (sender, receiver) = mpsc::channel(self.config.event_buffer.max(2));
-            let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut state =
-                SequenceState::new(&pending.request, Arc::clone(&self.loaded.tokenizer), seed);
-            state.set_cached_tokens(cached);
-            if pending.reply.send(Ok(EventStream { receiver })).is_err() {
-                // The client left while waiting.
-                self.scheduler.finish(id);
-                self.metrics.record_finish(FinishReason::Cancelled.label());
-                continue;
+    /// Runs the model over `chunks`. A chunk the model refuses to plan (an inconsistent
+    /// block table or token) ends only its own request, and the step runs without it; a
+    /// failure of the step itself ends every request in it. Returns the chunks that ran
+    /// and their logits, `[chunks, vocab]`.
+    fn forward<'a>(
+        &mut self,
+        mut chunks: Vec<&'a ScheduledChunk>,
+    ) -> Option<(Vec<&'a ScheduledChunk>, mlx_rs::Array)> {
+        loop {
+            if chunks.is_empty() {
+                return None;
             }
-            let now = Instant::now();
-            self.metrics
-                .record_admission(pending.request.prompt.len(), cached);
-            self.metrics
-                .record([(EngineLatency::QueueWait, now - pending.since)]);
-            self.active.insert(
-                id,
-                Active {
-                    state,
-                    sender,
-                    outbox: VecDeque::new(),
-                    done: false,
-                    timing: Timing {
-                        submitted: pending.since,
-                        admitted: now,
-                        first_token: None,
-                        last_token: None,
-                    },
+            let plan: Vec<SequenceChunk<'_>> = chunks
+                .iter()
+                .map(|c| SequenceChunk {
+                    tokens: &c.tokens,
+                    cached: c.cached,
+                    block_table: &c.block_table,
+                })
+                .collect();
+            let started = Instant::now();
+            let result = self.loaded.model.forward(&plan, &mut self.cache);
+            self.counters.forward_seconds += started.elapsed().as_secs_f64();
+            match result {
+                Ok(logits) => return Some((chunks, logits)),
+                Err(ModelError::Batch(error)) if error.sequence().is_some() => {
+                    let index = error.sequence().unwrap_or_default();
+                    let id = chunks[index].id;
+                    tracing::error!(request = id, %error, "the step's plan refused a sequence; aborting it");
+                    chunks.remove(index);
+                    self.retire(id, End::Aborted(AbortCause::StepFailed));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "forward step failed; aborting its sequences");
+                    let ids: Vec<SeqId> = chunks.iter().map(|c| c.id).collect();
+                    for id in ids {
+                        self.retire(id, End::Aborted(AbortCause::StepFailed));
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Opens the stream of a request admitted for the first time.
+    fn start(&mut self, id: SeqId, cached: usize, queued: Queued) {
+        let (sender, receiver) = mpsc::channel(self.config.event_buffer.max(2));
+        let seed = self.seed_base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut state =
+            SequenceState::new(&queued.request, Arc::clone(&self.loaded.tokenizer), seed);
+        state.set_cached_tokens(cached);
+        if queued.reply.send(Ok(EventStream { receiver })).is_err() {
+            // The client left while its request waited; nothing was computed for it.
+            self.admission.lock().scheduler.finish(id);
+            self.metrics.record_finish(FinishReason::Cancelled.label());
+            return;
+        }
+        let now = Instant::now();
+        self.metrics
+            .record_admission(queued.request.prompt.len(), cached);
+        self.metrics
+            .record([(EngineLatency::QueueWait, now - queued.submitted)]);
+        self.live.insert(
+            id,
+            Live {
+                state,
+                sender,
+                outbox: VecDeque::new(),
+                timing: Timing {
+                    submitted: queued.submitted,
+                    admitted: now,
+                    first_token: None,
+                    last_token: None,
                 },
-            );
+                ended: false,
+                stalled_since: None,
+                requeued_since: None,
+            },
+        );
+    }
+
+    /// Answers a queued request that will not run.
+    fn answer_refused(&mut self, queued: Queued, rejection: Rejection, error: SubmitError) {
+        if queued.reply.send(Err(error)).is_ok() {
+            self.metrics.record_rejection(rejection);
+        } else {
+            self.metrics.record_finish(FinishReason::Cancelled.label());
         }
     }
 
-    /// Ends `id` now with `reason` (its `Finished` event goes out through the outbox).
-    fn finish(&mut self, id: SeqId, reason: FinishReason) {
-        if let Some(active) = self.active.get_mut(&id)
-            && !active.done
-        {
-            if let Ok(event) = active.state.finish(reason) {
-                active.outbox.push_back(event);
-            }
-            self.release(id, reason);
+    /// Ends admitted request `id` for good: it leaves the scheduler (its blocks go back),
+    /// its finish reason is counted, the drain report learns how it ended, and its client
+    /// gets the `Finished` event (unless it left).
+    fn retire(&mut self, id: SeqId, end: End) {
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        if live.ended {
+            return;
         }
-    }
-
-    /// Frees `id`'s blocks after it ended with `reason`; its stream stays until the outbox
-    /// is delivered.
-    fn release(&mut self, id: SeqId, reason: FinishReason) {
-        self.scheduler.finish(id);
+        live.ended = true;
+        self.admission.lock().scheduler.finish(id);
+        let reason = end.reason();
         self.metrics.record_finish(reason.label());
-        if let Some(active) = self.active.get_mut(&id) {
-            active.done = true;
-            let timing = &active.timing;
-            if matches!(reason, FinishReason::Stop | FinishReason::Length) {
-                let now = Instant::now();
-                let first = timing.first_token.unwrap_or(now);
-                self.metrics.record([
-                    (
-                        EngineLatency::Decode,
-                        timing.last_token.unwrap_or(now) - first,
-                    ),
-                    (EngineLatency::EndToEnd, now - timing.submitted),
-                ]);
+        match end {
+            End::Finished(_) => {}
+            End::Cancelled => {
+                self.live.remove(&id);
             }
+            End::OutOfBlocks | End::Aborted(_) => match live.state.finish(reason) {
+                Ok(event) => live.outbox.push_back(event),
+                Err(e) => tracing::error!(request = id, error = %e, "detokenization failed"),
+            },
+        }
+        if let End::Aborted(cause) = end {
+            tracing::warn!(request = id, cause = cause.as_str(), "generation aborted");
+            self.metrics.record_abort(cause);
+        }
+        if matches!(reason, FinishReason::Stop | FinishReason::Length)
+            && let Some(live) = self.live.get(&id)
+        {
+            let now = Instant::now();
+            let timing = &live.timing;
+            let first = timing.first_token.unwrap_or(now);
+            self.metrics.record([
+                (
+                    EngineLatency::Decode,
+                    timing.last_token.unwrap_or(now) - first,
+                ),
+                (EngineLatency::EndToEnd, now - timing.submitted),
+            ]);
         }
         if let Some(drain) = &mut self.drain {
-            drain.report.completed += 1;
+            match reason {
+                FinishReason::Stop | FinishReason::Length => drain.report.completed += 1,
+                FinishReason::Aborted => drain.report.aborted += 1,
+                FinishReason::Cancelled => drain.report.cancelled += 1,
+            }
         }
     }
 
-    /// Delivers what fits into each client's channel; drops finished and abandoned ones.
+    /// Delivers what fits into each client's channel; notices clients that left and those
+    /// that stopped taking events; drops requests whose last event was delivered.
     fn flush_outboxes(&mut self) {
+        let now = Instant::now();
         let mut gone = Vec::new();
-        for (&id, active) in &mut self.active {
-            while let Some(event) = active.outbox.pop_front() {
-                match active.sender.try_send(event) {
+        let mut delivered_all = Vec::new();
+        for (&id, live) in &mut self.live {
+            let before = live.outbox.len();
+            while let Some(event) = live.outbox.pop_front() {
+                match live.sender.try_send(event) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(event)) => {
-                        active.outbox.push_front(event);
+                        live.outbox.push_front(event);
                         break;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        active.outbox.clear();
+                        live.outbox.clear();
                         break;
                     }
                 }
             }
-            if active.sender.is_closed() || (active.done && active.outbox.is_empty()) {
-                gone.push((id, active.done));
+            if live.sender.is_closed() {
+                gone.push(id);
+                continue;
+            }
+            live.stalled_since = match (live.outbox.is_empty(), live.outbox.len() < before) {
+                (true, _) => None,
+                // The client took something: it is reading, only behind.
+                (false, true) => Some(now),
+                (false, false) => live.stalled_since.or(Some(now)),
+            };
+            if live.ended && live.outbox.is_empty() {
+                delivered_all.push(id);
             }
         }
-        for (id, done) in gone {
-            if !done {
-                // The client went away mid-generation: cancelled.
-                self.scheduler.finish(id);
-                self.metrics.record_finish(FinishReason::Cancelled.label());
-            }
-            self.active.remove(&id);
+        for id in gone {
+            self.retire(id, End::Cancelled);
+            self.live.remove(&id);
+        }
+        for id in delivered_all {
+            self.live.remove(&id);
         }
     }
 
-    /// Refuses requests that waited too long, and forgets those whose client left.
-    fn expire_waiting(&mut self) {
-        let timeout = self.config.queue_timeout;
-        let expired: Vec<SeqId> = self
-            .pending
+    /// Ends requests whose client took nothing for the stall timeout, and preempted ones
+    /// that waited longer than the queue timeout to run again.
+    fn expire(&mut self) {
+        let expired: Vec<(SeqId, AbortCause)> = self
+            .live
             .iter()
-            .filter(|(_, p)| p.since.elapsed() >= timeout || p.reply.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
-            self.scheduler.finish(id);
-            if let Some(p) = self.pending.remove(&id) {
-                if p.reply.is_closed() {
-                    // The client left while waiting: nothing to answer, nothing refused.
-                    self.metrics.record_finish(FinishReason::Cancelled.label());
-                    continue;
+            .filter(|(_, live)| !live.ended)
+            .filter_map(|(&id, live)| {
+                if live
+                    .stalled_since
+                    .is_some_and(|since| since.elapsed() >= self.config.stall_timeout)
+                {
+                    Some((id, AbortCause::Stalled))
+                } else if live
+                    .requeued_since
+                    .is_some_and(|since| since.elapsed() >= self.config.queue_timeout)
+                {
+                    Some((id, AbortCause::QueueTimeout))
+                } else {
+                    None
                 }
-                self.metrics.record_rejection(Rejection::QueueTimeout);
-                let _ = p.reply.send(Err(SubmitError::QueueTimeout {
-                    waited: p.since.elapsed(),
-                }));
-            }
+            })
+            .collect();
+        for (id, cause) in expired {
+            self.retire(id, End::Aborted(cause));
         }
     }
 
@@ -551,19 +636,20 @@ impl Worker {
             drain.replies.push(reply);
             return;
         }
-        self.draining = true;
         let now = Instant::now();
+        let refused: Vec<Queued> = {
+            let mut book = self.admission.lock();
+            book.draining = true;
+            let ids: Vec<SeqId> = book.queued.keys().copied().collect();
+            ids.into_iter().filter_map(|id| book.withdraw(id)).collect()
+        };
         let mut report = DrainReport::default();
         // Queued requests computed nothing: refuse them at once.
-        for (id, pending) in self.pending.drain() {
-            self.scheduler.finish(id);
-            if pending.reply.send(Err(SubmitError::Draining)).is_ok() {
-                self.metrics.record_rejection(Rejection::Draining);
-            } else {
-                self.metrics.record_finish(FinishReason::Cancelled.label());
-            }
+        for queued in refused {
             report.rejected += 1;
+            self.answer_refused(queued, Rejection::Draining, SubmitError::Draining);
         }
+        self.counters.draining = true;
         self.drain = Some(Drain {
             deadline: now + timeout,
             started: now,
@@ -573,28 +659,25 @@ impl Worker {
         self.check_drain();
     }
 
+    /// Reports the drain once nothing runs; at the deadline, aborts what still does.
     fn check_drain(&mut self) {
         let Some(drain) = &self.drain else {
             return;
         };
-        let running = self.active.values().any(|a| !a.done);
-        if running && Instant::now() < drain.deadline {
-            return;
-        }
-        let ids: Vec<SeqId> = self
-            .active
+        let running: Vec<SeqId> = self
+            .live
             .iter()
-            .filter(|(_, a)| !a.done)
+            .filter(|(_, live)| !live.ended)
             .map(|(&id, _)| id)
             .collect();
-        let aborted = ids.len();
-        for id in ids {
-            self.finish(id, FinishReason::Aborted);
+        if !running.is_empty() && Instant::now() < drain.deadline {
+            return;
+        }
+        for id in running {
+            self.retire(id, End::Aborted(AbortCause::DrainTimeout));
         }
         self.flush_outboxes();
         if let Some(mut drain) = self.drain.take() {
-            drain.report.completed -= aborted.min(drain.report.completed);
-            drain.report.aborted = aborted;
             drain.report.elapsed = drain.started.elapsed();
             for reply in drain.replies {
                 let _ = reply.send(drain.report);
@@ -603,19 +686,40 @@ impl Worker {
     }
 
     pub(crate) fn publish_stats(&mut self, tokens_per_second: f64) {
-        let pool = self.scheduler.pool();
-        let snapshot = EngineStats {
-            running: self.scheduler.running(),
-            waiting: self.scheduler.waiting(),
-            blocks_total: pool.total(),
-            blocks_in_use: pool.in_use(),
-            blocks_cached: pool.cached(),
-            tokens_per_second,
-            draining: self.draining,
-            ..self.counters
+        let snapshot = {
+            let book = self.admission.lock();
+            let scheduler = &book.scheduler;
+            let pool = scheduler.pool();
+            EngineStats {
+                running: scheduler.running(),
+                paused: scheduler.paused(),
+                waiting: scheduler.waiting(),
+                parked: scheduler.parked(),
+                batch_saturated: scheduler.batch_saturated(),
+                blocks_total: pool.total(),
+                blocks_in_use: pool.in_use(),
+                blocks_cached: pool.cached(),
+                tokens_per_second,
+                ..self.counters
+            }
         };
         if let Ok(mut stats) = self.stats.lock() {
             *stats = snapshot;
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// The thread is ending (all handles gone, or a panic): nothing queued will ever be
+    /// admitted, so every waiting request is answered now.
+    fn drop(&mut self) {
+        let mut book = self.admission.lock();
+        book.stopped = true;
+        let ids: Vec<SeqId> = book.queued.keys().copied().collect();
+        for id in ids {
+            if let Some(queued) = book.withdraw(id) {
+                let _ = queued.reply.send(Err(SubmitError::Stopped));
+            }
         }
     }
 }

@@ -81,6 +81,8 @@ impl EngineLatency {
 pub enum Rejection {
     /// The pool could not take it and queueing is off (`--max-queue 0`).
     KvCacheExhausted,
+    /// Every batch slot was taken and queueing is off (`--max-queue 0`).
+    BatchFull,
     /// The wait queue was full.
     QueueFull,
     /// It waited for KV blocks longer than the queue timeout.
@@ -96,10 +98,40 @@ impl Rejection {
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::KvCacheExhausted => "kv_cache_exhausted",
+            Rejection::BatchFull => "batch_full",
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
             Rejection::Draining => "draining",
             Rejection::Loading => "loading",
+        }
+    }
+}
+
+/// Why the engine ended a generation with finish reason `aborted`; `as_str` is the metric
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AbortCause {
+    /// Still running when the drain deadline passed.
+    DrainTimeout,
+    /// Its client took nothing for `--stall-timeout-secs`.
+    Stalled,
+    /// Preempted, it waited longer than the queue timeout to run again.
+    QueueTimeout,
+    /// The forward step failed, or refused this sequence's plan.
+    StepFailed,
+    /// Its tokens could not be turned into text.
+    Detokenizer,
+}
+
+impl AbortCause {
+    /// The `cause` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortCause::DrainTimeout => "drain_timeout",
+            AbortCause::Stalled => "stalled",
+            AbortCause::QueueTimeout => "queue_timeout",
+            AbortCause::StepFailed => "step_failed",
+            AbortCause::Detokenizer => "detokenizer",
         }
     }
 }
@@ -114,6 +146,7 @@ pub struct EngineMetrics {
     /// By finish reason label (`stop`, `length`, `cancelled`, `aborted`).
     finished: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<Rejection, u64>>,
+    aborted: Mutex<BTreeMap<AbortCause, u64>>,
 }
 
 impl Default for EngineMetrics {
@@ -130,6 +163,7 @@ impl Default for EngineMetrics {
             prefix_cache_hits: AtomicU64::new(0),
             finished: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(BTreeMap::new()),
+            aborted: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -143,6 +177,8 @@ pub struct EngineCounters {
     pub prefix_cache_hits: u64,
     pub finished: BTreeMap<&'static str, u64>,
     pub rejected: BTreeMap<Rejection, u64>,
+    /// Generations ended with finish reason `aborted`, by cause.
+    pub aborted: BTreeMap<AbortCause, u64>,
 }
 
 impl EngineMetrics {
@@ -180,6 +216,14 @@ impl EngineMetrics {
         }
     }
 
+    /// The engine ended a generation with finish reason `aborted` (counted as a finish
+    /// reason too, by [`EngineMetrics::record_finish`]).
+    pub fn record_abort(&self, cause: AbortCause) {
+        if let Ok(mut aborted) = self.aborted.lock() {
+            *aborted.entry(cause).or_default() += 1;
+        }
+    }
+
     /// The counters now.
     pub fn counters(&self) -> EngineCounters {
         EngineCounters {
@@ -188,6 +232,7 @@ impl EngineMetrics {
             prefix_cache_hits: self.prefix_cache_hits.load(Ordering::Relaxed),
             finished: self.finished.lock().map(|f| f.clone()).unwrap_or_default(),
             rejected: self.rejected.lock().map(|r| r.clone()).unwrap_or_default(),
+            aborted: self.aborted.lock().map(|a| a.clone()).unwrap_or_default(),
         }
     }
 

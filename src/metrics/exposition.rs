@@ -222,6 +222,15 @@ impl Exposition {
                 .rejected
                 .iter()
                 .map(|(reason, &n)| ([("reason", reason.as_str())], n)),
+        )?;
+        labelled_counters(
+            encoder,
+            "requests_aborted",
+            "Generations the engine ended with finish reason aborted, by cause",
+            counters
+                .aborted
+                .iter()
+                .map(|(cause, &n)| ([("cause", cause.as_str())], n)),
         )
     }
 
@@ -242,6 +251,13 @@ impl Exposition {
             "Sequences preempted to free KV blocks (recomputed later)",
             stats.preemptions,
         )?;
+        counter(
+            encoder,
+            "paused_preemptions",
+            "Paused sequences (client behind) that gave up their batch slot and KV blocks to \
+             others (recomputed when the client catches up)",
+            stats.paused_preemptions,
+        )?;
         counter(encoder, "engine_steps", "Engine forward steps", stats.steps)?;
         gauge(
             encoder,
@@ -251,9 +267,21 @@ impl Exposition {
         )?;
         gauge(
             encoder,
+            "requests_paused",
+            "Running sequences whose client is behind (they run no tokens)",
+            stats.paused,
+        )?;
+        gauge(
+            encoder,
             "requests_waiting",
-            "Requests waiting for admission",
+            "Generations waiting for admission",
             stats.waiting,
+        )?;
+        gauge(
+            encoder,
+            "requests_parked",
+            "Sequences that gave up their slot while their client is behind",
+            stats.parked,
         )?;
         gauge(
             encoder,
@@ -342,6 +370,12 @@ impl Collector for Exposition {
             "draining",
             "1 once shutdown has begun",
             i64::from(server.draining),
+        )?;
+        gauge(
+            &mut encoder,
+            "http_connections",
+            "Client connections open now (at most --max-connections)",
+            server.open_connections,
         )?;
         gauge(
             &mut encoder,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::latency::{FIRST_TOKEN_BUCKETS, LatencySeries, REQUEST_BUCKETS, SeriesSnapshot};
@@ -74,9 +75,16 @@ impl RouteSnapshot {
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     routes: Mutex<BTreeMap<RouteKey, RouteSeries>>,
+    /// Client connections open now (kept by [`super::OpenConnection`] guards).
+    pub(super) open_connections: AtomicUsize,
 }
 
 impl HttpMetrics {
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
     /// Records one response: its total duration and outcome, and for streams the time to
     /// their first byte (if one was sent).
     pub fn record(

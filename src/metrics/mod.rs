@@ -13,6 +13,7 @@ pub mod sampled;
 pub mod stats;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::engine::EngineStats;
@@ -52,6 +53,12 @@ impl Metrics {
         self.started.elapsed()
     }
 
+    /// A client connection was accepted; the guard counts it as open until dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.http.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(self))
+    }
+
     /// Everything a scrape reports, taken at once: `/metrics` and `/v1/stats` render the
     /// same numbers.
     pub fn snapshot(&self, server: ServerState) -> MetricsSnapshot {
@@ -66,6 +73,16 @@ impl Metrics {
     }
 }
 
+/// Counts one open client connection while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.http.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the server knows besides the recorded metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ServerState {
@@ -73,6 +90,8 @@ pub struct ServerState {
     pub engine: Option<EngineStats>,
     pub draining: bool,
     pub ready: bool,
+    /// Client connections open now.
+    pub open_connections: usize,
 }
 
 /// The metrics at one moment, small (no hdrhistogram copies), for rendering.

@@ -18,6 +18,8 @@ pub struct StatsView {
     pub model: Option<String>,
     pub ready: bool,
     pub draining: bool,
+    /// Client connections open now.
+    pub open_connections: usize,
     /// Absent until the model has loaded.
     pub engine: Option<EngineView>,
     pub kv_cache: Option<KvCacheView>,
@@ -26,6 +28,8 @@ pub struct StatsView {
     pub finished: BTreeMap<&'static str, u64>,
     /// Requests refused before they started, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Generations the engine ended with finish reason `aborted`, by cause.
+    pub aborted: BTreeMap<&'static str, u64>,
     /// Engine latencies by phase.
     pub latency: BTreeMap<&'static str, LatencyMs>,
     /// Per matched route, method and status class.
@@ -37,13 +41,19 @@ pub struct StatsView {
 #[derive(Debug, Serialize)]
 pub struct EngineView {
     pub running: usize,
+    /// Running sequences whose client is behind.
+    pub paused: usize,
     pub waiting: usize,
+    /// Sequences that gave up their slot while their client was behind.
+    pub parked: usize,
+    pub batch_saturated: bool,
     pub steps: u64,
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     /// Over the last sampling interval.
     pub generation_tokens_per_second: f64,
     pub preemptions: u64,
+    pub paused_preemptions: u64,
 }
 
 /// The KV block pool.
@@ -121,12 +131,16 @@ pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
     } = snapshot;
     let engine = server.engine.map(|stats| EngineView {
         running: stats.running,
+        paused: stats.paused,
         waiting: stats.waiting,
+        parked: stats.parked,
+        batch_saturated: stats.batch_saturated,
         steps: stats.steps,
         prompt_tokens: counters.prompt_tokens,
         generated_tokens: stats.generated_tokens,
         generation_tokens_per_second: sampled.generation_tokens_per_second,
         preemptions: stats.preemptions,
+        paused_preemptions: stats.paused_preemptions,
     });
     let kv_cache = server.engine.map(|stats| KvCacheView {
         blocks_total: stats.blocks_total,
@@ -163,6 +177,7 @@ pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
         model,
         ready: server.ready,
         draining: server.draining,
+        open_connections: server.open_connections,
         engine,
         kv_cache,
         prefix_cache: PrefixCacheView {
@@ -175,6 +190,11 @@ pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
             .rejected
             .into_iter()
             .map(|(reason, n)| (reason.as_str(), n))
+            .collect(),
+        aborted: counters
+            .aborted
+            .into_iter()
+            .map(|(cause, n)| (cause.as_str(), n))
             .collect(),
         latency,
         http,

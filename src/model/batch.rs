@@ -70,6 +70,22 @@ pub enum BatchError {
     },
 }
 
+impl BatchError {
+    /// The index of the chunk at fault, when one is: the step can run without it.
+    pub fn sequence(&self) -> Option<usize> {
+        match *self {
+            BatchError::Empty | BatchError::ZeroBlockSize => None,
+            BatchError::EmptyChunk { seq }
+            | BatchError::BlockTableTooShort { seq, .. }
+            | BatchError::BlockOutOfRange { seq, .. }
+            | BatchError::SharedWriteSlot { seq, .. }
+            | BatchError::SharedWriteBlock { seq, .. }
+            | BatchError::TokenOutOfRange { seq, .. }
+            | BatchError::PastContext { seq, .. } => Some(seq),
+        }
+    }
+}
+
 /// Where one sequence's keys and values live in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyLocation {

@@ -119,6 +119,24 @@ impl fmt::Debug for Tokenizer {
     }
 }
 
+/// Whether a normalizer only ever keeps or lengthens text: prepending, replacing a string
+/// with one at least as long, byte-level mapping, or a sequence of those.
+fn never_shortens(normalizer: &tokenizers::NormalizerWrapper) -> bool {
+    use tokenizers::NormalizerWrapper as N;
+    match normalizer {
+        N::Prepend(_) | N::ByteLevel(_) => true,
+        N::Sequence(sequence) => sequence.as_ref().iter().all(never_shortens),
+        N::Replace(replace) => {
+            // The pattern is private; its serialized form names it.
+            let pattern = serde_json::to_value(replace)
+                .ok()
+                .and_then(|v| v["pattern"]["String"].as_str().map(str::len));
+            pattern.is_some_and(|len| replace.content.len() >= len)
+        }
+        _ => false,
+    }
+}
+
 impl Tokenizer {
     /// Builds the byte-level BPE tokenizer a GGUF file embeds (`tokenizer.ggml.*`).
     ///
@@ -492,6 +510,24 @@ impl Tokenizer {
     /// Number of ids, added tokens included: every id `encode` returns is below it.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The most bytes of input text one token can stand for, so that a text of `n` bytes
+    /// has at least `n / max` tokens: the longest spelling in the vocabulary (added tokens
+    /// included). Byte-level spellings are never shorter than the bytes they encode and
+    /// SentencePiece's `▁` is longer than the space it replaces. `None` when the tokenizer
+    /// normalizes text in a way that can shorten it (Unicode composition, lowercasing,
+    /// stripping), where no such bound holds.
+    pub fn max_text_bytes_per_token(&self) -> Option<usize> {
+        if !self.inner.get_normalizer().is_none_or(never_shortens) {
+            return None;
+        }
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .filter(|&longest| longest > 0)
     }
 
     /// The id of a token, given as it is spelled in the vocabulary (byte-level form, e.g.

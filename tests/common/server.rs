@@ -102,13 +102,17 @@ impl TestServer {
         }
     }
 
-    /// Waits until no sequence runs or waits and no block is in use, or panics after
-    /// `deadline` with the last stats.
+    /// Waits until no sequence runs, waits or is parked and no block is in use, or panics
+    /// after `deadline` with the last stats.
     pub async fn wait_idle(&self, deadline: Duration) -> EngineStats {
         let started = Instant::now();
         loop {
             let stats = self.stats();
-            if stats.running == 0 && stats.waiting == 0 && stats.blocks_in_use == 0 {
+            if stats.running == 0
+                && stats.waiting == 0
+                && stats.parked == 0
+                && stats.blocks_in_use == 0
+            {
                 return stats;
             }
             assert!(

@@ -209,7 +209,7 @@ mod tests {
         );
         assert_eq!(generation.sampling.temperature, 0.0);
         assert_eq!(generation.sampling.seed, Some(3));
-        assert_eq!(generation.sampling.top_logprobs, Some(2));
+        assert_eq!(generation.sampling.logprobs, Some(2));
         assert_eq!(
             (plan.logprobs, &generation.stop),
             (Some(2), &vec!["END".to_owned()])

@@ -156,6 +156,6 @@ mod tests {
         assert_eq!(param(r#""max_tokens": 0"#), "max_tokens");
         let plan = parse(r#"{"model": "m", "prompt": "x", "logprobs": 2, "echo": false}"#).unwrap();
         assert_eq!(plan.logprobs, Some(2));
-        assert_eq!(plan.generation.sampling.top_logprobs, Some(2));
+        assert_eq!(plan.generation.sampling.logprobs, Some(2));
     }
 }

@@ -3,76 +3,74 @@
 //! completion length into the context as OpenAI does, and collecting a generation for a
 //! non-streaming response.
 
+use std::sync::Arc;
+
 use crate::api::error::ApiError;
+use crate::api::state::AppState;
 use crate::engine::sequence::{Event, FinishReason, GenerationRequest};
-use crate::engine::{EngineHandle, EventStream};
-use crate::model::chat_template::{ChatMessage, ChatTemplateError};
+use crate::engine::{EventStream, PromptError, ServedModel};
+use crate::model::chat_template::ChatMessage;
 
 use super::completions::PromptInput;
 use super::params::GenerationPlan;
-use super::response::Completed;
+use super::response::{Completed, Endpoint};
 
-/// Renders `messages` with the model's chat template and tokenizes the result.
+/// Renders `messages` with the model's chat template and tokenizes the result: refused at
+/// once when its size alone cannot fit the context, then prepared off the async threads.
 pub async fn chat_prompt(
-    engine: &EngineHandle,
+    state: &AppState,
+    model: &Arc<ServedModel>,
     messages: Vec<ChatMessage>,
 ) -> Result<Vec<u32>, ApiError> {
-    let engine = engine.clone();
-    blocking(move || {
-        let model = engine.model();
-        let text =
-            model
-                .chat_template
-                .render(&messages, true, None)
-                .map_err(|error| match error {
-                    ChatTemplateError::Raised(message) => ApiError::invalid_request(
-                        Some("messages".to_owned()),
-                        format!("the model's chat template refused the messages: {message}"),
-                    ),
-                    // Rendering depends on the messages (the template was compiled at load).
-                    other => ApiError::invalid_request(
-                        Some("messages".to_owned()),
-                        format!("the model's chat template cannot render these messages: {other}"),
-                    ),
-                })?;
-        model
-            .tokenizer
-            .encode(&text, false)
-            .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))
-    })
-    .await
+    let error = |e| ApiError::from_prompt(e, Endpoint::Chat);
+    model.check_chat_size(&messages).map_err(error)?;
+    let model = Arc::clone(model);
+    prepare(state, move || model.chat_prompt(&messages))
+        .await?
+        .map_err(error)
 }
 
 /// Tokenizes the prompts of a completion request (text with the model's BOS rule; token
-/// ids as given).
+/// ids as given), refusing at once a text that cannot fit the context.
 pub async fn completion_prompts(
-    engine: &EngineHandle,
+    state: &AppState,
+    model: &Arc<ServedModel>,
     prompts: Vec<PromptInput>,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let engine = engine.clone();
-    blocking(move || {
-        let tokenizer = &engine.model().tokenizer;
+    let error = |e| ApiError::from_prompt(e, Endpoint::Completions);
+    for prompt in &prompts {
+        if let PromptInput::Text(text) = prompt {
+            model.check_text_size(text).map_err(error)?;
+        }
+    }
+    let model = Arc::clone(model);
+    prepare(state, move || {
         prompts
             .into_iter()
             .map(|prompt| match prompt {
                 PromptInput::Tokens(ids) => Ok(ids),
-                PromptInput::Text(text) => tokenizer
-                    .encode(&text, true)
-                    .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}"))),
+                PromptInput::Text(text) => model.text_prompt(&text),
             })
-            .collect()
+            .collect::<Result<Vec<_>, PromptError>>()
     })
-    .await
+    .await?
+    .map_err(error)
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+/// Runs prompt preparation on the blocking pool, at most as many at once as the server has
+/// preparation permits (one per core), so a flood of large prompts queues here instead of
+/// occupying every thread.
+async fn prepare<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-        Err(ApiError::internal(format!(
-            "prompt preparation failed: {e}"
-        )))
+    let permit = state.prompt_permit().await?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
     })
+    .await
+    .map_err(|e| ApiError::internal(format!("prompt preparation failed: {e}")))
 }
 
 /// The engine request for one prompt. Like OpenAI: without `max_tokens` the completion may

@@ -1,5 +1,6 @@
-//! The two generation endpoints: parse and check the body, find the model, prepare the
-//! prompts, submit to the engine, and answer with one JSON object or an SSE stream.
+//! The two generation endpoints: parse and check the body, find the model, refuse at once
+//! when the engine's queue is full whatever the prompts, prepare the prompts, submit to the
+//! engine, and answer with one JSON object or an SSE stream.
 
 use axum::Json;
 use axum::extract::{Extension, State};
@@ -32,7 +33,10 @@ pub async fn chat_completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    let prompt = chat_prompt(engine, plan.messages).await?;
+    engine
+        .check_room(1)
+        .map_err(|e| ApiError::from_submit(e, Endpoint::Chat))?;
+    let prompt = chat_prompt(&state, engine.model(), plan.messages).await?;
     let context_length = engine.model().identity.context_length;
     let request = generation_request(prompt, &plan.generation, context_length, "messages")?;
     respond(
@@ -55,7 +59,10 @@ pub async fn completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    let prompts = completion_prompts(engine, plan.prompts).await?;
+    engine
+        .check_room(plan.prompts.len())
+        .map_err(|e| ApiError::from_submit(e, Endpoint::Completions))?;
+    let prompts = completion_prompts(&state, engine.model(), plan.prompts).await?;
     let context_length = engine.model().identity.context_length;
     let requests = prompts
         .into_iter()
@@ -91,6 +98,8 @@ fn check_request(
     Ok(())
 }
 
+/// Queues the request's generations (all or none, answered at once when the engine is
+/// busy), then answers with one JSON object or an SSE stream.
 async fn respond(
     engine: &EngineHandle,
     record: RequestRecord,
@@ -100,18 +109,29 @@ async fn respond(
     requests: Vec<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let context = ResponseContext::new(endpoint, engine.model(), logprobs, plan.include_usage);
+    let engine_error = move |e| ApiError::from_submit(e, endpoint);
+    let mut pending = engine.submit_all(requests).map_err(engine_error)?;
     if plan.stream {
-        return stream_response(engine, record, context, requests).await;
+        // A single generation is admitted before the response starts, so a refusal after
+        // queueing (a queue timeout) is still a plain HTTP error. With several, each is
+        // read as soon as it is admitted and a late refusal arrives as an error event.
+        let submissions = if pending.len() == 1 {
+            let events = pending.remove(0).admitted().await.map_err(engine_error)?;
+            vec![ready(Ok(events)).boxed()]
+        } else {
+            pending
+                .into_iter()
+                .map(|p| async move { p.admitted().await.map_err(engine_error) }.boxed())
+                .collect()
+        };
+        return Ok(sse_response(context, record, submissions));
     }
     // Each generation is read while the others wait for admission: admitted ones must not
     // stall on full channels while holding the batch slots the rest are waiting for.
     let keep_tokens = logprobs.is_some();
-    let generations = requests.into_iter().map(|request| {
-        let engine = engine.clone();
-        async move {
-            let events = engine.submit(request).await?;
-            generation::collect(events, keep_tokens).await
-        }
+    let generations = pending.into_iter().map(|pending| async move {
+        let events = pending.admitted().await.map_err(engine_error)?;
+        generation::collect(events, keep_tokens).await
     });
     let collected = futures_util::future::try_join_all(generations).await?;
     for completed in &collected {
@@ -121,31 +141,4 @@ async fn respond(
         );
     }
     Ok(Json(context.response(&collected)).into_response())
-}
-
-/// A single generation is admitted before the response starts, so a refusal is a plain
-/// HTTP error (429, 503). With several prompts, each is submitted inside the stream and
-/// read as soon as it is admitted; a refusal then arrives as an error event.
-async fn stream_response(
-    engine: &EngineHandle,
-    record: RequestRecord,
-    context: ResponseContext,
-    mut requests: Vec<GenerationRequest>,
-) -> Result<Response, ApiError> {
-    if requests.len() == 1 {
-        let events = engine.submit(requests.remove(0)).await?;
-        return Ok(sse_response(
-            context,
-            record,
-            vec![ready(Ok(events)).boxed()],
-        ));
-    }
-    let submissions = requests
-        .into_iter()
-        .map(|request| {
-            let engine = engine.clone();
-            async move { engine.submit(request).await.map_err(ApiError::from) }.boxed()
-        })
-        .collect();
-    Ok(sse_response(context, record, submissions))
 }

@@ -6,9 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::engine::sampling::{MAX_TOP_LOGPROBS, SamplingParams};
-
-/// OpenAI allows at most this many stop strings.
-pub const MAX_STOP_STRINGS: usize = 4;
+use crate::engine::stop;
 
 /// A client error in the request body: `param` names the offending field (OpenAI's
 /// `error.param`), `message` says what is wrong with it.
@@ -113,18 +111,7 @@ impl GenerationFields {
             Some(StopField::One(stop)) => vec![stop],
             Some(StopField::Many(stops)) => stops,
         };
-        if stop.len() > MAX_STOP_STRINGS {
-            return Err(RequestError::new(
-                "stop",
-                format!("at most {MAX_STOP_STRINGS} stop sequences are allowed"),
-            ));
-        }
-        if stop.iter().any(String::is_empty) {
-            return Err(RequestError::new(
-                "stop",
-                "stop sequences must not be empty",
-            ));
-        }
+        stop::check(&stop).map_err(|e| RequestError::new("stop", e.to_string()))?;
         if top_logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return Err(RequestError::new(
                 "top_logprobs",
@@ -145,17 +132,11 @@ impl GenerationFields {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            top_logprobs: top_logprobs.filter(|&n| n > 0),
+            logprobs: top_logprobs,
         };
-        if let Err(message) = sampling.validate() {
-            // The engine's messages start with the field's name.
-            let param = message
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return Err(RequestError::new(param, message));
-        }
+        sampling
+            .validate()
+            .map_err(|e| RequestError::new(e.field, e.to_string()))?;
         let stream = self.stream.unwrap_or(false);
         Ok(GenerationPlan {
             sampling,
@@ -221,6 +202,8 @@ mod tests {
         assert_eq!(param(r#"{"n": 2}"#), "n");
         assert_eq!(param(r#"{"stop": ["a","b","c","d","e"]}"#), "stop");
         assert_eq!(param(r#"{"stop": ""}"#), "stop");
+        let long = format!(r#"{{"stop": "{}"}}"#, "x".repeat(stop::MAX_STOP_BYTES + 1));
+        assert_eq!(param(&long), "stop");
         assert_eq!(param(r#"{"logit_bias": {"50256": -100}}"#), "logit_bias");
         assert!(plan(r#"{"logit_bias": {}, "n": 1, "user": "u"}"#).is_ok());
         let zero = GenerationFields::default()

@@ -9,15 +9,24 @@ use serde_json::{Map, Value, json};
 
 use crate::api::state::unix_now;
 use crate::engine::ServedModel;
-use crate::engine::sampling::SampledToken;
+use crate::engine::sampling::{SampledToken, TokenLogprobs};
 use crate::engine::sequence::{FinishReason, Usage};
-use crate::model::tokenizer::Tokenizer;
 
 /// Which API a response belongs to; decides the object names and the choice shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
     Completions,
+}
+
+impl Endpoint {
+    /// The request field that carries the prompt (OpenAI's `param` for prompt errors).
+    pub fn prompt_param(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "messages",
+            Endpoint::Completions => "prompt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,13 +107,13 @@ pub struct ResponseContext {
     pub logprobs: Option<usize>,
     /// Streams end with a usage chunk (and carry `usage: null` before it).
     pub include_usage: bool,
-    tokenizer: Arc<Tokenizer>,
+    served: Arc<ServedModel>,
 }
 
 impl ResponseContext {
     pub fn new(
         endpoint: Endpoint,
-        model: &ServedModel,
+        model: &Arc<ServedModel>,
         logprobs: Option<usize>,
         include_usage: bool,
     ) -> Self {
@@ -122,7 +131,7 @@ impl ResponseContext {
             system_fingerprint: format!("fp_{}", &digest[..digest.len().min(10)]),
             logprobs,
             include_usage,
-            tokenizer: Arc::clone(&model.tokenizer),
+            served: Arc::clone(model),
         }
     }
 
@@ -217,13 +226,18 @@ impl ResponseContext {
         if self.logprobs.is_none() {
             return Value::Null;
         }
+        // Every token carries them when they were asked for.
+        let tokens: Vec<(u32, &TokenLogprobs)> = tokens
+            .iter()
+            .filter_map(|t| t.logprobs.as_ref().map(|l| (t.token, l)))
+            .collect();
         match self.endpoint {
             Endpoint::Chat => {
                 let content: Vec<Value> = tokens
                     .iter()
-                    .map(|t| {
-                        let mut entry = self.token_json(t.token, t.logprob);
-                        let top: Vec<Value> = t
+                    .map(|&(token, logprobs)| {
+                        let mut entry = self.token_json(token, logprobs.logprob);
+                        let top: Vec<Value> = logprobs
                             .top
                             .iter()
                             .map(|&(id, logprob)| Value::Object(self.token_json(id, logprob)))
@@ -238,26 +252,26 @@ impl ResponseContext {
                 let mut offset = text_offset;
                 let mut texts = Vec::with_capacity(tokens.len());
                 let mut offsets = Vec::with_capacity(tokens.len());
-                for t in tokens {
-                    let text = self.token_text(t.token);
+                for &(token, _) in &tokens {
+                    let text = self.served.token_text(token);
                     offsets.push(offset);
                     offset += text.len();
                     texts.push(text);
                 }
                 let top: Vec<Value> = tokens
                     .iter()
-                    .map(|t| {
-                        let map: Map<String, Value> = t
+                    .map(|(_, logprobs)| {
+                        let map: Map<String, Value> = logprobs
                             .top
                             .iter()
-                            .map(|&(id, logprob)| (self.token_text(id), json!(logprob)))
+                            .map(|&(id, logprob)| (self.served.token_text(id), json!(logprob)))
                             .collect();
                         Value::Object(map)
                     })
                     .collect();
                 json!({
                     "tokens": texts,
-                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|(_, l)| l.logprob).collect::<Vec<_>>(),
                     "top_logprobs": top,
                     "text_offset": offsets,
                 })
@@ -266,16 +280,11 @@ impl ResponseContext {
     }
 
     fn token_json(&self, id: u32, logprob: f32) -> Map<String, Value> {
-        let text = self.token_text(id);
+        let text = self.served.token_text(id);
         let mut entry = Map::new();
         entry.insert("token".into(), json!(text));
         entry.insert("logprob".into(), json!(logprob));
         entry.insert("bytes".into(), json!(text.as_bytes()));
         entry
-    }
-
-    /// A token's text on its own (special tokens spelled out).
-    fn token_text(&self, id: u32) -> String {
-        self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 }

@@ -1,0 +1,44 @@
+//! `stress`: a load and fault generator for any OpenAI-compatible server, to measure what
+//! clients see — every request's status and latency, nothing dropped from the statistics,
+//! time-outs and connection errors counted as failures. Each scenario checks its pass
+//! criteria and exits non-zero when they fail.
+//!
+//! Scenarios:
+//! - `flood`: N clients send one request each at the same moment (pool exhaustion): only
+//!   the allowed statuses may come back, refusals must be fast, and a recovery round
+//!   afterwards must be served in full.
+
+mod flood;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Concurrent one-shot requests against a small pool; checks statuses and how fast
+    /// refusals (429) are answered.
+    Flood(flood::FloodArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let passed = match cli.scenario {
+        Scenario::Flood(args) => flood::run(args).await,
+    };
+    match passed {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+    }
+}
