@@ -1,0 +1,201 @@
+//! The queue bound: which requests may join the queue at all. A request's generations
+//! (one per prompt) are taken all or none, and refused at once when, predicted against the
+//! current state, more than `max_queue` of the queue's generations would be left waiting
+//! after the next step's admissions (see the parent module's docs).
+
+use super::{Need, Scheduler, SeqId, Sequence};
+
+/// Why a request is refused at submission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {tokens} tokens; the context holds {limit}")]
+    PromptTooLong { tokens: usize, limit: usize },
+    #[error("the prompt needs {needed} KV blocks; the whole pool has {total}")]
+    PromptLargerThanPool { needed: usize, total: usize },
+    /// More generations in one request than the batch and the queue can ever hold.
+    #[error(
+        "the request has {requested} prompts; at most {limit} can run or wait at once \
+         (--max-batch plus --max-queue)"
+    )]
+    TooManyGenerations { requested: usize, limit: usize },
+    #[error(transparent)]
+    Busy(#[from] Busy),
+}
+
+/// Why a request cannot be queued now (the API's 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    /// With this request, more than `limit` generations would wait.
+    #[error("{waiting} generations are already waiting (the queue holds {limit})")]
+    QueueFull { waiting: usize, limit: usize },
+    /// No queue, and the KV pool cannot take the request in the next step.
+    #[error("the KV cache is full")]
+    PoolExhausted,
+    /// No queue, and every batch slot is taken.
+    #[error("every batch slot is taken")]
+    BatchFull,
+}
+
+impl Scheduler {
+    pub(super) fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.config.block_size)
+    }
+
+    /// Queues a request's prompts (one generation each, ids given) all or none. Refuses a
+    /// prompt that can never fit, a request larger than the batch plus the queue, and —
+    /// when more than `max_queue` generations would be left waiting after the next step's
+    /// predicted admissions — a busy engine.
+    pub fn submit(&mut self, prompts: Vec<(SeqId, Vec<u32>)>) -> Result<(), AdmitError> {
+        let limit = self.config.max_batch + self.config.max_queue;
+        if prompts.len() > limit {
+            return Err(AdmitError::TooManyGenerations {
+                requested: prompts.len(),
+                limit,
+            });
+        }
+        let mut new = Vec::with_capacity(prompts.len());
+        for (id, prompt) in prompts {
+            new.push((id, self.new_sequence(prompt)?));
+        }
+        let needs: Vec<Need> = new.iter().map(|(_, seq)| self.need(seq)).collect();
+        self.queue_verdict(&needs)?;
+        for (id, seq) in new {
+            self.sequences.insert(id, seq);
+            self.waiting.push_back(id);
+        }
+        Ok(())
+    }
+
+    fn new_sequence(&self, prompt: Vec<u32>) -> Result<Sequence, AdmitError> {
+        if prompt.is_empty() {
+            return Err(AdmitError::EmptyPrompt);
+        }
+        // The prompt plus at least one generated token must fit the context.
+        if prompt.len() >= self.config.context_length {
+            return Err(AdmitError::PromptTooLong {
+                tokens: prompt.len(),
+                limit: self.config.context_length.saturating_sub(1),
+            });
+        }
+        let needed = self.blocks_for(prompt.len() + 1);
+        if needed > self.config.num_blocks {
+            return Err(AdmitError::PromptLargerThanPool {
+                needed,
+                total: self.config.num_blocks,
+            });
+        }
+        let mut seq = Sequence {
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            hashes: Vec::new(),
+            cached: 0,
+            blocks: Vec::new(),
+            registered: 0,
+            paused: false,
+            started: false,
+        };
+        seq.hash_full_blocks(self.config.block_size);
+        Ok(seq)
+    }
+
+    /// What admitting `seq` now takes: its cached prefix and the blocks for the rest.
+    pub(super) fn need(&self, seq: &Sequence) -> Need {
+        let prefix = self
+            .pool
+            .lookup_prefix(seq.reusable_hashes(self.config.block_size));
+        let fresh = self.blocks_for(seq.tokens.len()) - prefix.len();
+        Need { prefix, fresh }
+    }
+
+    /// Whether an admission costing `cost` blocks fits `available` ones: with the
+    /// watermark to spare, or without it when nothing else runs.
+    pub(super) fn fits(&self, cost: usize, available: usize, alone: bool) -> bool {
+        cost + self.config.watermark_blocks.min(self.config.num_blocks) <= available
+            || (alone && cost <= available)
+    }
+
+    /// Blocks only `id` holds: what parking or preempting it gives back.
+    pub(super) fn exclusive_blocks(&self, id: SeqId) -> usize {
+        self.sequences[&id]
+            .blocks
+            .iter()
+            .filter(|&&b| self.pool.refcount(b) == 1)
+            .count()
+    }
+
+    /// Refuses, before a request's prompts are even prepared, what [`Scheduler::submit`]
+    /// would refuse whatever the prompts: `generations` of the cheapest possible prompts
+    /// (one fresh block each) would already leave more than `max_queue` waiting. A request
+    /// with more generations than the batch and queue can hold is left to `submit`.
+    pub fn check_room(&self, generations: usize) -> Result<(), Busy> {
+        if generations > self.config.max_batch + self.config.max_queue {
+            return Ok(());
+        }
+        let cheapest: Vec<Need> = (0..generations)
+            .map(|_| Need {
+                prefix: Vec::new(),
+                fresh: 1,
+            })
+            .collect();
+        self.queue_verdict(&cheapest)
+    }
+
+    /// Whether `new` may join the queue: not when more than `max_queue` generations would
+    /// be left waiting after the next step's admissions.
+    fn queue_verdict(&self, new: &[Need]) -> Result<(), Busy> {
+        let (left_waiting, blocked_by) = self.predict_waiting(new);
+        if left_waiting <= self.config.max_queue {
+            return Ok(());
+        }
+        Err(match blocked_by {
+            Some(reason) if self.config.max_queue == 0 => reason,
+            _ => Busy::QueueFull {
+                waiting: self.waiting.len(),
+                limit: self.config.max_queue,
+            },
+        })
+    }
+
+    /// Replays the next step's admission over the queue followed by `new`, counting paused
+    /// sequences' slots and blocks as free (they are parked on demand). Returns how many
+    /// generations would be left waiting, and what stopped the admissions (every one after
+    /// the first that cannot start waits).
+    fn predict_waiting(&self, new: &[Need]) -> (usize, Option<Busy>) {
+        let paused: Vec<SeqId> = self
+            .running
+            .iter()
+            .copied()
+            .filter(|id| self.sequences[id].paused)
+            .collect();
+        let active = self.running.len() - paused.len();
+        let mut slots = self.config.max_batch.saturating_sub(active);
+        let reclaimable: usize = paused.iter().map(|&id| self.exclusive_blocks(id)).sum();
+        let mut available = self.pool.available() + reclaimable;
+        let mut alone = active == 0;
+        let queued: Vec<Need> = self
+            .waiting
+            .iter()
+            .map(|id| self.need(&self.sequences[id]))
+            .collect();
+        let mut started = 0;
+        let mut blocked_by = None;
+        for need in queued.iter().chain(new) {
+            let cost = self.pool.admission_cost(&need.prefix, need.fresh);
+            if slots == 0 {
+                blocked_by = Some(Busy::BatchFull);
+            } else if !self.fits(cost, available, alone) {
+                blocked_by = Some(Busy::PoolExhausted);
+            } else {
+                slots -= 1;
+                available -= cost;
+                alone = false;
+                started += 1;
+                continue;
+            }
+            break;
+        }
+        (queued.len() + new.len() - started, blocked_by)
+    }
+}
