@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Pending, Queued};
+use super::config::EngineConfig;
 use super::sampling::SamplingError;
 use super::scheduler::{AdmitError, Busy};
 use super::sequence::{Event, GenerationRequest};
 use super::served_model::ServedModel;
-use super::worker::{Command, EngineConfig, Worker};
+use super::worker::{Command, Worker};
 use crate::metrics::engine::{EngineMetrics, Rejection};
 use crate::model::ModelError;
 use crate::model::loader::LoadedModel;

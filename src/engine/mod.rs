@@ -6,6 +6,7 @@
 
 mod admission;
 pub mod block_pool;
+mod config;
 mod handle;
 pub mod sampling;
 pub mod scheduler;
@@ -15,6 +16,6 @@ pub mod stop;
 mod worker;
 
 pub use admission::Pending;
+pub use config::EngineConfig;
 pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
 pub use served_model::{PromptError, ServedModel};
-pub use worker::EngineConfig;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Book, Queued};
+use super::config::EngineConfig;
 use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
 use super::scheduler::{Phase, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
 use super::sequence::{Event, FinishReason, SequenceState};
@@ -30,48 +31,6 @@ use crate::model::ModelError;
 use crate::model::batch::SequenceChunk;
 use crate::model::kv_cache::{KvCacheConfig, PagedKvCache};
 use crate::model::loader::LoadedModel;
-
-/// Engine settings (from `ServeSettings` in the server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineConfig {
-    pub kv_cache_bytes: usize,
-    pub block_size: usize,
-    /// Sequences per step.
-    pub max_batch: usize,
-    /// Tokens per step (prefill chunks plus one per decode).
-    pub max_step_tokens: usize,
-    /// Prompt tokens one sequence prefills per step.
-    pub prefill_chunk: usize,
-    /// Generations that may wait for admission; 0 = refuse what cannot start in the next
-    /// step.
-    pub max_queue: usize,
-    /// Blocks kept free beyond a new prompt's own at admission (room to grow).
-    pub watermark_blocks: usize,
-    /// Longest a generation waits for admission (also after a preemption).
-    pub queue_timeout: Duration,
-    /// Longest a client may take nothing while events wait for it before its generation
-    /// is ended.
-    pub stall_timeout: Duration,
-    /// Events buffered per request before it is paused.
-    pub event_buffer: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            kv_cache_bytes: 512 << 20,
-            block_size: 16,
-            max_batch: 16,
-            max_step_tokens: 512,
-            prefill_chunk: 256,
-            max_queue: 64,
-            watermark_blocks: 4,
-            queue_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(60),
-            event_buffer: 16,
-        }
-    }
-}
 
 pub(crate) enum Command {
     /// Work was queued: plan a step.
@@ -285,7 +244,6 @@ impl Worker {
                 let _gate = STEP_GATE.read().unwrap_or_else(|p| p.into_inner());
                 self.step()
             };
-            self.flush_outboxes();
             let elapsed = started.elapsed().as_secs_f64();
             self.counters.step_seconds += elapsed;
             let rate = if elapsed > 0.0 {
@@ -293,7 +251,10 @@ impl Worker {
             } else {
                 0.0
             };
+            // Before the step's events go out: a client that has its last event sees stats
+            // in which its blocks are already back.
             self.publish_stats(rate);
+            self.flush_outboxes();
             if generated == 0 && !self.idle() {
                 // Only paused or waiting work: wait briefly for a command or a client.
                 match inbox.recv_timeout(Duration::from_millis(2)) {
@@ -677,6 +638,8 @@ impl Worker {
             self.retire(id, End::Aborted(AbortCause::DrainTimeout));
         }
         self.flush_outboxes();
+        // What the report says (nothing runs, every block is back) is what stats say.
+        self.publish_stats(0.0);
         if let Some(mut drain) = self.drain.take() {
             drain.report.elapsed = drain.started.elapsed();
             for reply in drain.replies {
