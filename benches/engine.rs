@@ -54,6 +54,8 @@ async fn run_batch(engine: &EngineHandle, concurrency: usize, round: u32) {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: true,
+            agent: None,
+            cache_salt: None,
         };
         let mut stream = engine.submit(request).await.expect("submit");
         tasks.push(tokio::spawn(async move {

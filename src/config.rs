@@ -2,11 +2,13 @@
 //! variables (a flag wins), validated once at start-up. Documented in
 //! `docs/configuration.md`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::engine::EngineConfig;
+use crate::cache_store::{self, Encoding, StoreConfig};
+use crate::engine::{EngineConfig, StorePolicy};
 use crate::model::weights::WeightMode;
 
 /// The model `make run` serves: what `make setup` installs.
@@ -111,6 +113,34 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_METRICS_REQUIRE_API_KEY")]
     pub metrics_require_api_key: bool,
 
+    /// Folder of the disk tier (agent memory): KV blocks that survive eviction and
+    /// restarts. Default: the user cache folder (`~/.cache/mlx-serve/kv`,
+    /// `~/Library/Caches/mlx-serve/kv`).
+    #[arg(long, env = "MLX_SERVE_KV_STORE_DIR")]
+    pub kv_store_dir: Option<PathBuf>,
+
+    /// Keep KV in memory only: no disk tier.
+    #[arg(long, env = "MLX_SERVE_NO_KV_STORE", conflicts_with = "kv_store_dir")]
+    pub no_kv_store: bool,
+
+    /// Budget of the store folder in GiB, every model's blocks together; least recently
+    /// used blocks are evicted beyond it.
+    #[arg(long, env = "MLX_SERVE_KV_STORE_MAX_GB", default_value_t = 8.0)]
+    pub kv_store_max_gb: f64,
+
+    /// How blocks are written: `lossless` (the pool's dtype) or `f16`.
+    #[arg(long, env = "MLX_SERVE_KV_STORE_ENCODING", default_value = "lossless")]
+    pub kv_store_encoding: Encoding,
+
+    /// Which blocks of requests without an agent id go to disk: `agents` (none), `reused`
+    /// (prefixes reused from the pool) or `all`. Agents' blocks always do.
+    #[arg(long, env = "MLX_SERVE_KV_STORE_POLICY", default_value = "agents")]
+    pub kv_store_policy: StorePolicy,
+
+    /// At shutdown, after the drain, how long writing hot blocks to disk may take.
+    #[arg(long, env = "MLX_SERVE_PERSIST_TIMEOUT_SECS", default_value_t = 30)]
+    pub persist_timeout_secs: u64,
+
     /// Log lines as human-readable text or as JSON objects (one per line).
     #[arg(long, env = "MLX_SERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -133,6 +163,12 @@ fn parse_weights(value: &str) -> Result<WeightMode, String> {
 impl ServeSettings {
     /// Checks what clap cannot; the message names the flag.
     pub fn validate(&self) -> Result<(), String> {
+        if !(self.kv_store_max_gb.is_finite() && self.kv_store_max_gb >= 0.0) {
+            return Err(format!(
+                "--kv-store-max-gb must be a size in GiB, 0 or more (got {})",
+                self.kv_store_max_gb
+            ));
+        }
         if !(1..=MAX_BLOCK_SIZE).contains(&self.block_size) {
             return Err(format!(
                 "--block-size must be between 1 and {MAX_BLOCK_SIZE} (got {})",
@@ -199,8 +235,32 @@ impl ServeSettings {
             max_batch: self.max_batch,
             max_queue: self.max_queue,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs),
+            kv_store: self.store_config(),
+            store_policy: self.kv_store_policy,
             ..EngineConfig::default()
         }
+    }
+
+    /// The disk tier's settings; `None` with `--no-kv-store` (or when the platform has no
+    /// user cache folder and no `--kv-store-dir` is given).
+    pub fn store_config(&self) -> Option<StoreConfig> {
+        if self.no_kv_store {
+            return None;
+        }
+        let root = self
+            .kv_store_dir
+            .clone()
+            .or_else(cache_store::default_root)?;
+        Some(StoreConfig {
+            root,
+            max_bytes: (self.kv_store_max_gb * (1u64 << 30) as f64) as u64,
+            encoding: self.kv_store_encoding,
+            min_free_bytes: cache_store::MIN_FREE_DISK_BYTES,
+        })
+    }
+
+    pub fn persist_timeout(&self) -> Duration {
+        Duration::from_secs(self.persist_timeout_secs)
     }
 
     /// How long a connection's writes may make no progress before it is closed: the stall

@@ -13,6 +13,7 @@
 //!   installation this process runs on.
 
 pub mod api;
+pub mod cache_store;
 pub mod config;
 pub mod engine;
 pub mod metrics;

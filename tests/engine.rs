@@ -34,6 +34,8 @@ fn request(prompt: &[u32], max_tokens: usize, sampling: SamplingParams) -> Gener
         stop: Vec::new(),
         stop_token_ids: Vec::new(),
         ignore_eos: true,
+        agent: None,
+        cache_salt: None,
     }
 }
 

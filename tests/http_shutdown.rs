@@ -4,106 +4,19 @@
 //! log line is a JSON object, with one access line per request.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/server.rs"]
 mod server;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process::start;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server::{MODEL, assert_envelope, client, sse_data};
 
 use common::DEADLINE;
-
-struct Served {
-    child: Child,
-    base: String,
-    /// The rest of stdout, read on a thread.
-    output: std::sync::mpsc::Receiver<String>,
-    /// Standard error (the logs), read on a thread.
-    logs: std::sync::mpsc::Receiver<String>,
-}
-
-/// Sends each line of `reader` into a channel, from a thread.
-fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Starts `mlx-serve serve` on a free port and waits until the model is ready.
-fn start(extra: &[&str]) -> Served {
-    let model = common::default_model_path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-serve"))
-        .args(["serve", "--port", "0", "--kv-cache-mb", "64", "--model"])
-        .arg(&model)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mlx-serve");
-    let rx = lines_of(child.stdout.take().unwrap());
-    let logs = lines_of(child.stderr.take().unwrap());
-    let started = Instant::now();
-    let mut base = None;
-    loop {
-        let line = rx
-            .recv_timeout(DEADLINE.saturating_sub(started.elapsed()))
-            .expect("mlx-serve did not get ready in time");
-        if let Some(address) = line.strip_prefix("listening on ") {
-            base = Some(address.trim().to_owned());
-        }
-        if line.starts_with("ready:") {
-            break;
-        }
-    }
-    Served {
-        child,
-        base: base.expect("a `listening on` line before `ready:`"),
-        output: rx,
-        logs,
-    }
-}
-
-impl Served {
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the exit (panics after `deadline`) and returns the exit code.
-    fn wait(&mut self, deadline: Duration) -> Option<i32> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                started.elapsed() < deadline,
-                "mlx-serve did not exit in {deadline:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn streaming_chat(max_tokens: u64) -> Value {
     json!({"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story."}],

@@ -11,27 +11,39 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::engine::block_pool::BlockHash;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// The prefix-cache salt of a request made with an API key (a request extension): KV
+/// blocks, in the pool and on disk, are shared only among requests with the same key, so
+/// one tenant cannot learn another's prompts from `cached_tokens` or timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSalt(pub BlockHash);
+
 /// Middleware: 401 unless the request carries a configured key (or none are configured).
+/// An accepted key's [`CacheSalt`] goes with the request.
 pub async fn require_api_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let keys = state.api_keys();
     if keys.is_empty() {
         return next.run(request).await;
     }
-    match presented_key(request.headers()) {
-        None => ApiError::unauthorized(
-            "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
-        )
-        .into_response(),
-        Some(key) if matches_any(key.as_bytes(), keys) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("incorrect API key provided").into_response(),
-    }
+    let salt = match presented_key(request.headers()) {
+        None => {
+            return ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            )
+            .into_response();
+        }
+        Some(key) if matches_any(key.as_bytes(), keys) => CacheSalt(BlockHash::salt(key)),
+        Some(_) => return ApiError::unauthorized("incorrect API key provided").into_response(),
+    };
+    request.extensions_mut().insert(salt);
+    next.run(request).await
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {

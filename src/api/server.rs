@@ -61,7 +61,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let metrics = Arc::clone(state.metrics());
     let sampler = tokio::spawn(super::metrics::sample_forever(state.clone()));
-    let mut drained = std::pin::pin!(drain_after(trigger, state, settings.drain_timeout()));
+    let mut drained = std::pin::pin!(drain_after(
+        trigger,
+        state,
+        settings.drain_timeout(),
+        settings.persist_timeout(),
+    ));
     loop {
         let next = async {
             let permit = Arc::clone(&connections).acquire_owned().await;

@@ -88,12 +88,14 @@ impl Signals {
     }
 }
 
-/// Waits for `trigger`, then runs the shutdown sequence up to the end of the drain. The
-/// server stops accepting connections when this returns.
+/// Waits for `trigger`, then runs the shutdown sequence: the drain (at most `timeout`),
+/// then hot KV blocks to disk (at most `persist_timeout`). The server stops accepting
+/// connections when this returns.
 pub async fn drain_after(
     trigger: impl Future<Output = ()>,
     state: AppState,
     timeout: Duration,
+    persist_timeout: Duration,
 ) -> Option<DrainReport> {
     trigger.await;
     state.begin_drain();
@@ -109,7 +111,20 @@ pub async fn drain_after(
         elapsed = ?report.elapsed,
         "engine drained"
     );
-    // Persisting hot per-agent caches comes here, after the drain and before exit, once
-    // the cache store exists.
+    if let Some(persisted) = engine.persist(persist_timeout).await {
+        tracing::info!(
+            blocks = persisted.blocks,
+            bytes = persisted.bytes,
+            elapsed = ?persisted.elapsed,
+            complete = persisted.complete,
+            "hot KV blocks persisted"
+        );
+        if !persisted.complete {
+            tracing::warn!(
+                "the KV store did not finish writing within --persist-timeout-secs; \
+                 unwritten blocks are lost (the store stays consistent)"
+            );
+        }
+    }
     Some(report)
 }

@@ -49,6 +49,34 @@ impl BlockHash {
         BlockHash(hash)
     }
 
+    /// The root of a hash chain private to the holder of `secret` (an API key): a first
+    /// block chained from it hashes differently from the same tokens under any other root.
+    pub fn salt(secret: &str) -> BlockHash {
+        let mut hasher = Sha256::new();
+        hasher.update(b"mlx-serve prefix cache salt\n");
+        hasher.update(secret.as_bytes());
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&hasher.finalize()[..16]);
+        BlockHash(hash)
+    }
+
+    /// 32 lowercase hex digits (file names, manifests, metadata).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`BlockHash::to_hex`]'s output; `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<BlockHash> {
+        if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut hash = [0u8; 16];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(BlockHash(hash))
+    }
+
     /// The chained hashes of every full block of `tokens`.
     pub fn chain_all(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
         let mut parent = None;
@@ -240,6 +268,13 @@ impl BlockPool {
         } else {
             self.free.insert(block);
         }
+    }
+
+    /// Whether `block` (in use or cached) holds the content hashed `hash`.
+    pub fn holds(&self, block: BlockId, hash: BlockHash) -> bool {
+        self.blocks
+            .get(block as usize)
+            .is_some_and(|b| b.hash == Some(hash))
     }
 
     /// Records that in-use `block` now holds the full block with content `hash`, so later

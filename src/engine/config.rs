@@ -1,10 +1,13 @@
 //! The engine's settings: one struct, filled from `ServeSettings` by the server (the CLI
 //! exposes some of them; the rest keep these defaults, documented in docs/engine.md).
 
+use std::str::FromStr;
 use std::time::Duration;
 
+use crate::cache_store::StoreConfig;
+
 /// Engine settings (from `ServeSettings` in the server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     pub block_size: usize,
@@ -26,6 +29,38 @@ pub struct EngineConfig {
     pub stall_timeout: Duration,
     /// Events buffered per request before it is paused.
     pub event_buffer: usize,
+    /// The disk tier (agent memory); `None` keeps KV in the pool only.
+    pub kv_store: Option<StoreConfig>,
+    /// What requests without an agent id write to disk (agents' blocks always are).
+    pub store_policy: StorePolicy,
+}
+
+/// `--kv-store-policy`: which blocks of requests *without* an agent id go to disk. Every
+/// full block of an agent's context always does; any request reads what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorePolicy {
+    /// Only agents' blocks.
+    #[default]
+    Agents,
+    /// Also prefix blocks a request reused from the pool (a prefix seen twice).
+    Reused,
+    /// Every full block of every request.
+    All,
+}
+
+impl FromStr for StorePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agents" => Ok(StorePolicy::Agents),
+            "reused" => Ok(StorePolicy::Reused),
+            "all" => Ok(StorePolicy::All),
+            other => Err(format!(
+                "unknown KV store policy `{other}`; expected `agents`, `reused` or `all`"
+            )),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -41,6 +76,8 @@ impl Default for EngineConfig {
             queue_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             event_buffer: 16,
+            kv_store: None,
+            store_policy: StorePolicy::Agents,
         }
     }
 }

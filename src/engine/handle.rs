@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Pending, Queued};
-use super::config::EngineConfig;
+use super::config::{EngineConfig, StorePolicy};
+use super::persistence::PersistReport;
 use super::sampling::SamplingError;
-use super::scheduler::{AdmitError, Busy};
+use super::scheduler::{AdmitError, Busy, CacheScope, Persist};
 use super::sequence::{Event, GenerationRequest};
 use super::served_model::ServedModel;
 use super::worker::{Command, Worker};
@@ -125,6 +126,14 @@ pub struct EngineHandle {
     stats: Arc<Mutex<EngineStats>>,
     model: Arc<ServedModel>,
     thread: Arc<std::thread::JoinHandle<()>>,
+    persist: PersistScopes,
+}
+
+/// What goes to disk for requests with and without an agent id.
+#[derive(Debug, Clone, Copy)]
+struct PersistScopes {
+    agent: Persist,
+    non_agent: Persist,
 }
 
 impl EngineHandle {
@@ -140,10 +149,25 @@ impl EngineHandle {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let worker_stats = Arc::clone(&stats);
+        let worker_commands = commands.clone();
+        let non_agent = if config.kv_store.is_some() {
+            match config.store_policy {
+                StorePolicy::Agents => Persist::Nothing,
+                StorePolicy::Reused => Persist::Reused,
+                StorePolicy::All => Persist::All,
+            }
+        } else {
+            Persist::Nothing
+        };
+        let agent = if config.kv_store.is_some() {
+            Persist::All
+        } else {
+            Persist::Nothing
+        };
         let thread = std::thread::Builder::new()
             .name("mlx-engine".to_owned())
-            .spawn(
-                move || match Worker::new(load, config, worker_stats, metrics) {
+            .spawn(move || {
+                match Worker::new(load, config, worker_stats, metrics, worker_commands) {
                     Ok(mut worker) => {
                         // Stats are valid from the moment `start` returns.
                         worker.publish_stats(0.0);
@@ -153,8 +177,8 @@ impl EngineHandle {
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                     }
-                },
-            )
+                }
+            })
             .map_err(|e| ModelError::KvCache(format!("cannot start the engine thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok((model, admission))) => Ok(EngineHandle {
@@ -163,6 +187,7 @@ impl EngineHandle {
                 stats,
                 model: Arc::new(model),
                 thread: Arc::new(thread),
+                persist: PersistScopes { agent, non_agent },
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ModelError::KvCache(
@@ -222,8 +247,19 @@ impl EngineHandle {
             .zip(&requests)
             .map(|(&id, request)| (id, request.prompt.clone()))
             .collect();
+        // One request's generations share its agent and key.
+        let scope = requests
+            .first()
+            .map_or_else(CacheScope::default, |r| CacheScope {
+                salt: r.cache_salt,
+                persist: if r.agent.is_some() {
+                    self.persist.agent
+                } else {
+                    self.persist.non_agent
+                },
+            });
         book.scheduler
-            .submit(prompts)
+            .submit(prompts, scope)
             .map_err(|error| match error {
                 AdmitError::Busy(busy) => {
                     metrics.record_rejection(Rejection::from(busy));
@@ -288,6 +324,17 @@ impl EngineHandle {
             return DrainReport::default();
         }
         answer.await.unwrap_or_default()
+    }
+
+    /// Writes to disk every block that should be there and is only in the pool (after a
+    /// drain, before exit), waiting at most `timeout` for the writer. `None` without a
+    /// disk store.
+    pub async fn persist(&self, timeout: Duration) -> Option<PersistReport> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Persist { timeout, reply })
+            .ok()?;
+        answer.await.ok().flatten()
     }
 
     /// The model this engine serves.

@@ -8,6 +8,7 @@ mod admission;
 pub mod block_pool;
 mod config;
 mod handle;
+mod persistence;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
@@ -16,6 +17,7 @@ pub mod stop;
 mod worker;
 
 pub use admission::Pending;
-pub use config::EngineConfig;
+pub use config::{EngineConfig, StorePolicy};
 pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
+pub use persistence::PersistReport;
 pub use served_model::{PromptError, ServedModel};

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::block_pool::BlockHash;
 use super::sampling::{SampledToken, Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopOutcome};
 use crate::model::detokenizer::IncrementalDecoder;
@@ -24,6 +25,12 @@ pub struct GenerationRequest {
     pub stop_token_ids: Vec<u32>,
     /// Keep going past the model's end-of-generation ids.
     pub ignore_eos: bool,
+    /// The agent the request belongs to: its full blocks go to disk and its manifest is
+    /// kept (validated by the caller: `[A-Za-z0-9_.-]`, at most 128 characters).
+    pub agent: Option<String>,
+    /// Root of the prefix cache's hash chain (one per API key): prefixes are shared only
+    /// among requests with the same salt.
+    pub cache_salt: Option<BlockHash>,
 }
 
 /// Why a generation ended.
@@ -186,6 +193,8 @@ mod tests {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            agent: None,
+            cache_salt: None,
         }
     }
 
@@ -258,6 +267,8 @@ mod tests {
         tokens.extend(ids(" world"));
         let request = GenerationRequest {
             ignore_eos: true,
+            agent: None,
+            cache_salt: None,
             ..request(tokens.len(), &[])
         };
         let (_, reason, usage) = generate(&request, &tokens);

@@ -23,9 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::admission::{Admission, Book, Queued};
 use super::config::EngineConfig;
 use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
-use super::scheduler::{Phase, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
+use super::persistence::{PersistReport, Persistence};
+use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
 use super::sequence::{Event, FinishReason, SequenceState};
 use super::served_model::ServedModel;
+use crate::cache_store::{KvDtype, KvLayout, KvStore, ReadOutcome, StoreIdentity, StoredBlocks};
 use crate::metrics::engine::{AbortCause, EngineLatency, EngineMetrics, Rejection};
 use crate::model::ModelError;
 use crate::model::batch::SequenceChunk;
@@ -38,6 +40,17 @@ pub(crate) enum Command {
     Drain {
         timeout: Duration,
         reply: oneshot::Sender<DrainReport>,
+    },
+    /// The disk store read the blocks of a restore (on its reader thread).
+    Restored {
+        id: SeqId,
+        ticket: u64,
+        outcome: ReadOutcome,
+    },
+    /// Shutdown: write what is only in the pool to disk; `None` without a store.
+    Persist {
+        timeout: Duration,
+        reply: oneshot::Sender<Option<PersistReport>>,
     },
 }
 
@@ -78,6 +91,8 @@ struct Live {
     stalled_since: Option<Instant>,
     /// Since when it waits for re-admission after a preemption.
     requeued_since: Option<Instant>,
+    /// Its agent: a manifest of its context is kept.
+    agent: Option<String>,
 }
 
 /// When a sequence passed each point of its life, for the latency metrics.
@@ -146,6 +161,10 @@ pub(crate) struct Worker {
     /// Mixed into the seed of requests without one, so unseeded requests differ between
     /// runs (OpenAI semantics) while staying independent of each other.
     seed_base: u64,
+    /// The disk tier, when configured.
+    persistence: Option<Persistence>,
+    /// The engine's own inbox, for the store's reader thread to answer restores.
+    commands: std::sync::mpsc::Sender<Command>,
 }
 
 impl Worker {
@@ -154,6 +173,7 @@ impl Worker {
         config: EngineConfig,
         stats: Arc<Mutex<EngineStats>>,
         metrics: Arc<EngineMetrics>,
+        commands: std::sync::mpsc::Sender<Command>,
     ) -> Result<Self, ModelError> {
         let loaded = load()?;
         register_exit_hook();
@@ -167,16 +187,50 @@ impl Worker {
         )
         .map_err(ModelError::KvCache)?;
         let cache = PagedKvCache::new(kv, &model_config, dtype)?;
-        let scheduler = Scheduler::new(SchedulerConfig {
-            block_size: kv.block_size,
-            num_blocks: kv.num_blocks,
-            context_length: model_config.context_length,
-            max_batch: config.max_batch.max(1),
-            max_step_tokens: config.max_step_tokens.max(1),
-            prefill_chunk: config.prefill_chunk.max(1),
-            max_queue: config.max_queue,
-            watermark_blocks: config.watermark_blocks,
-        });
+        let store = match &config.kv_store {
+            Some(store_config) => {
+                let identity = StoreIdentity {
+                    fingerprint: loaded.identity.fingerprint.clone(),
+                    layout: KvLayout {
+                        layers: model_config.num_layers,
+                        kv_heads: model_config.num_kv_heads,
+                        head_dim: model_config.head_dim,
+                        block_size: kv.block_size,
+                        dtype: match dtype {
+                            mlx_rs::Dtype::Float16 => KvDtype::F16,
+                            mlx_rs::Dtype::Bfloat16 => KvDtype::BF16,
+                            _ => KvDtype::F32,
+                        },
+                    },
+                };
+                let store = KvStore::open(store_config.clone(), identity).map_err(|e| {
+                    ModelError::KvCache(format!(
+                        "cannot open the KV store in {}: {e} (set --kv-store-dir to a \
+                         writable folder)",
+                        store_config.root.display()
+                    ))
+                })?;
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
+        let stored = store
+            .as_ref()
+            .map_or_else(StoredBlocks::default, |s| s.stored());
+        metrics.attach_store(store.clone());
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                block_size: kv.block_size,
+                num_blocks: kv.num_blocks,
+                context_length: model_config.context_length,
+                max_batch: config.max_batch.max(1),
+                max_step_tokens: config.max_step_tokens.max(1),
+                prefill_chunk: config.prefill_chunk.max(1),
+                max_queue: config.max_queue,
+                watermark_blocks: config.watermark_blocks,
+            },
+            stored,
+        );
         let admission = Arc::new(Admission::new(
             Book::new(scheduler),
             Arc::clone(&metrics),
@@ -195,6 +249,8 @@ impl Worker {
             seed_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x5EED, |d| d.as_nanos() as u64),
+            persistence: store.map(Persistence::new),
+            commands,
         })
     }
 
@@ -269,7 +325,68 @@ impl Worker {
         match command {
             Command::Wake => {}
             Command::Drain { timeout, reply } => self.start_drain(timeout, reply),
+            Command::Restored {
+                id,
+                ticket,
+                outcome,
+            } => self.apply_restore(id, ticket, outcome),
+            Command::Persist { timeout, reply } => {
+                let report = self.persistence.as_mut().map(|p| {
+                    let book = self.admission.lock();
+                    p.persist_all(&self.cache, &book.scheduler, timeout)
+                });
+                let _ = reply.send(report);
+            }
         }
+    }
+
+    /// Sends a restore's blocks to the store's reader; the answer comes back as
+    /// [`Command::Restored`].
+    fn start_restore(&self, order: RestoreOrder) {
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        let commands = self.commands.clone();
+        let (id, ticket) = (order.id, order.ticket);
+        persistence.store().read(order.wants, move |outcome| {
+            let _ = commands.send(Command::Restored {
+                id,
+                ticket,
+                outcome,
+            });
+        });
+    }
+
+    /// Writes the blocks a restore read into the sequence's pool blocks; the sequence
+    /// then prefills only what is left. Blocks that did not come back are prefilled.
+    fn apply_restore(&mut self, id: SeqId, ticket: u64, outcome: ReadOutcome) {
+        let Some(blocks) = self.admission.lock().scheduler.restore_blocks(id, ticket) else {
+            return;
+        };
+        let count = outcome.records.len().min(blocks.len());
+        let data: Vec<(&[u8], &[u8])> = outcome.records[..count]
+            .iter()
+            .map(|r| (r.keys.as_slice(), r.values.as_slice()))
+            .collect();
+        let loaded = if count == 0 {
+            0
+        } else {
+            match self.cache.write_blocks(&blocks[..count], &data) {
+                Ok(()) => count,
+                Err(e) => {
+                    tracing::warn!(request = id, error = %e, "cannot write restored KV blocks; prefilling instead");
+                    0
+                }
+            }
+        };
+        let cached = self.admission.lock().scheduler.restored(id, ticket, loaded);
+        let restored_tokens = loaded * self.cache.config().block_size;
+        self.metrics
+            .record_restore(restored_tokens, outcome.elapsed);
+        if let Some(live) = self.live.get_mut(&id) {
+            live.state.set_cached_tokens(cached);
+        }
+        let _ = self.commands.send(Command::Wake);
     }
 
     /// Plans and runs one forward step; returns the number of tokens generated.
@@ -314,6 +431,14 @@ impl Worker {
         self.counters.paused_preemptions += step.parked.len() as u64;
         for (id, cached, queued) in admitted {
             self.start(id, cached, queued);
+        }
+        for order in step.restores.iter().cloned() {
+            if self.live.contains_key(&order.id) {
+                self.start_restore(order);
+            }
+        }
+        if let Some(persistence) = &mut self.persistence {
+            persistence.offer(step.persist.clone(), &self.cache);
         }
         for &id in &step.out_of_blocks {
             tracing::warn!(
@@ -366,8 +491,13 @@ impl Worker {
         }
         {
             let mut book = self.admission.lock();
+            let mut full = Vec::new();
             for (id, computed, sampled) in completions {
-                book.scheduler.complete(id, computed, sampled);
+                full.extend(book.scheduler.complete(id, computed, sampled));
+            }
+            if let Some(persistence) = &mut self.persistence {
+                persistence.retry(&self.cache, &book.scheduler);
+                persistence.offer(full, &self.cache);
             }
         }
         self.metrics.record(observations);
@@ -456,6 +586,7 @@ impl Worker {
                 ended: false,
                 stalled_since: None,
                 requeued_since: None,
+                agent: queued.request.agent.clone(),
             },
         );
     }
@@ -480,7 +611,14 @@ impl Worker {
             return;
         }
         live.ended = true;
-        self.admission.lock().scheduler.finish(id);
+        {
+            let mut book = self.admission.lock();
+            if let (Some(agent), Some(persistence)) = (&live.agent, &self.persistence) {
+                let (hashes, tokens) = book.scheduler.computed_blocks(id);
+                persistence.write_manifest(agent, &hashes, tokens);
+            }
+            book.scheduler.finish(id);
+        }
         let reason = end.reason();
         self.metrics.record_finish(reason.label());
         match end {

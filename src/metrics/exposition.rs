@@ -14,6 +14,7 @@ use super::MetricsSnapshot;
 use super::http::RouteKey;
 use super::latency::SeriesSnapshot;
 use crate::engine::EngineStats;
+use crate::metrics::engine::StoreFigures;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -231,7 +232,137 @@ impl Exposition {
                 .aborted
                 .iter()
                 .map(|(cause, &n)| ([("cause", cause.as_str())], n)),
-        )
+        )?;
+        labelled_counters(
+            encoder,
+            "prefix_cache_hit_tokens_by_tier",
+            "Prompt tokens whose KV was reused, by tier (memory: the pool; disk: the store)",
+            [
+                (
+                    [("tier", "memory")],
+                    counters
+                        .prefix_cache_hits
+                        .saturating_sub(counters.restored_tokens),
+                ),
+                ([("tier", "disk")], counters.restored_tokens),
+            ],
+        )?;
+        if let Some(store) = &counters.store {
+            self.encode_store(encoder, store)?;
+        }
+        Ok(())
+    }
+
+    fn encode_store(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        store: &StoreFigures,
+    ) -> std::fmt::Result {
+        let totals = [
+            (
+                "kv_store_blocks_written",
+                "KV blocks written to disk",
+                store.blocks_written,
+            ),
+            (
+                "kv_store_written_bytes",
+                "Bytes of KV block files written",
+                store.bytes_written,
+            ),
+            (
+                "kv_store_blocks_read",
+                "KV blocks read back from disk and verified",
+                store.blocks_read,
+            ),
+            (
+                "kv_store_read_bytes",
+                "Bytes of KV block files read",
+                store.bytes_read,
+            ),
+            (
+                "kv_store_writes_deferred",
+                "Blocks that found the write queue full and waited in the pool",
+                store.deferred,
+            ),
+            (
+                "kv_store_evicted_files",
+                "Block files removed to stay within the budget",
+                store.evicted,
+            ),
+            (
+                "kv_store_quarantined_files",
+                "Damaged block files moved to quarantine",
+                store.quarantined,
+            ),
+        ];
+        for (name, help, value) in totals {
+            counter(encoder, name, help, value)?;
+        }
+        labelled_counters(
+            encoder,
+            "kv_store_misses",
+            "Stored blocks that could not be used, by reason",
+            store
+                .misses
+                .iter()
+                .map(|(&reason, &n)| ([("reason", reason)], n)),
+        )?;
+        labelled_counters(
+            encoder,
+            "kv_store_writes_dropped",
+            "Blocks that should have been written and were not, by reason",
+            store
+                .drops
+                .iter()
+                .map(|(&reason, &n)| ([("reason", reason)], n)),
+        )?;
+        counter(
+            encoder,
+            "kv_store_write_seconds",
+            "Time the store's writer spent encoding and writing blocks",
+            store.write_seconds,
+        )?;
+        let gauges = [
+            (
+                "kv_store_bytes",
+                "Bytes of files under the store folder, every model's",
+                store.bytes as f64,
+            ),
+            (
+                "kv_store_budget_bytes",
+                "The store folder's budget (--kv-store-max-gb)",
+                store.budget_bytes as f64,
+            ),
+            (
+                "kv_store_files",
+                "Block files under the store folder, every model's",
+                store.files as f64,
+            ),
+            (
+                "kv_store_blocks",
+                "This model's KV blocks on disk",
+                store.blocks as f64,
+            ),
+            (
+                "kv_store_quarantine_files",
+                "Files in the store's quarantine folder now",
+                store.quarantined_files_now as f64,
+            ),
+            (
+                "kv_store_write_queue_blocks",
+                "KV blocks waiting for the disk writer",
+                store.queued_blocks as f64,
+            ),
+            (
+                "kv_store_write_queue_bytes",
+                "Bytes of KV blocks waiting for the disk writer",
+                store.queued_bytes as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            gauge(encoder, name, help, value)?;
+        }
+        Ok(())
     }
 
     fn encode_engine_state(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::MetricsSnapshot;
+use super::engine::StoreFigures;
 use super::http::BodyOutcome;
 use super::latency::LatencySummary;
 use super::sampled::ProcessSample;
@@ -24,6 +25,8 @@ pub struct StatsView {
     pub engine: Option<EngineView>,
     pub kv_cache: Option<KvCacheView>,
     pub prefix_cache: PrefixCacheView,
+    /// The disk tier, when configured.
+    pub kv_store: Option<StoreFigures>,
     /// Generations ended, by finish reason.
     pub finished: BTreeMap<&'static str, u64>,
     /// Requests refused before they started, by reason.
@@ -72,6 +75,8 @@ pub struct PrefixCacheView {
     /// Prompt tokens looked up at admission, and those found.
     pub queried_tokens: u64,
     pub hit_tokens: u64,
+    /// Of the hits, tokens read back from the disk store.
+    pub disk_hit_tokens: u64,
     pub hit_ratio: f64,
 }
 
@@ -183,8 +188,10 @@ pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
         prefix_cache: PrefixCacheView {
             queried_tokens: counters.prefix_cache_queries,
             hit_tokens: counters.prefix_cache_hits,
+            disk_hit_tokens: counters.restored_tokens,
             hit_ratio,
         },
+        kv_store: counters.store.clone(),
         finished: counters.finished,
         rejected: counters
             .rejected

@@ -100,6 +100,14 @@ fn dtype_bytes(dtype: Dtype) -> usize {
     }
 }
 
+/// One block's keys and values across all layers, as bytes (see
+/// [`PagedKvCache::read_blocks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockKv {
+    pub keys: Vec<u8>,
+    pub values: Vec<u8>,
+}
+
 struct LayerKv {
     keys: Array,
     values: Array,
@@ -219,6 +227,111 @@ impl PagedKvCache {
         };
         let entry = &self.layers[layer];
         Ok((read(&entry.keys)?, read(&entry.values)?))
+    }
+
+    /// The KV of whole blocks, for the disk store: per block, its keys and its values as
+    /// `[layers, kv_heads, block_size, head_dim]` in native-endian bytes of the pool's
+    /// dtype. Evaluates the copies at once and keeps no handle on the pool.
+    pub fn read_blocks(&self, blocks: &[u32]) -> Result<Vec<BlockKv>, Exception> {
+        let n = blocks.len();
+        let block_size = self.config.block_size;
+        let (heads, head_dim) = (self.kv_heads as usize, self.head_dim as usize);
+        let by_block = [
+            self.kv_heads,
+            self.config.num_blocks as i32,
+            block_size as i32,
+            self.head_dim,
+        ];
+        let index = Array::from_slice(blocks, &[n as i32]);
+        let mut gathered = Vec::with_capacity(2 * self.layers.len());
+        for layer in &self.layers {
+            for pool in [&layer.keys, &layer.values] {
+                // [kv_heads, n, block_size, head_dim], as raw bytes.
+                gathered.push(
+                    take_axis(pool.reshape(&by_block)?, &index, 1)?
+                        .contiguous()?
+                        .view::<u8>()?,
+                );
+            }
+        }
+        mlx_rs::transforms::eval(gathered.iter())?;
+        let chunk = block_size * head_dim * dtype_bytes(self.dtype);
+        let per_block = self.layers.len() * heads * chunk;
+        let mut out: Vec<BlockKv> = (0..n)
+            .map(|_| BlockKv {
+                keys: Vec::with_capacity(per_block),
+                values: Vec::with_capacity(per_block),
+            })
+            .collect();
+        for (i, array) in gathered.iter().enumerate() {
+            let bytes = array
+                .try_as_slice::<u8>()
+                .map_err(|e| Exception::custom(e.to_string()))?;
+            for (j, block) in out.iter_mut().enumerate() {
+                let target = if i % 2 == 0 {
+                    &mut block.keys
+                } else {
+                    &mut block.values
+                };
+                for head in 0..heads {
+                    let at = (head * n + j) * chunk;
+                    target.extend_from_slice(&bytes[at..at + chunk]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes whole blocks read back from the disk store (the layout [`Self::read_blocks`]
+    /// returns) into `blocks`, and evaluates the pool so the write happens in place now.
+    pub fn write_blocks(
+        &mut self,
+        blocks: &[u32],
+        data: &[(&[u8], &[u8])],
+    ) -> Result<(), ModelError> {
+        let block_size = self.config.block_size;
+        let (heads, head_dim) = (self.kv_heads as usize, self.head_dim as usize);
+        let elem = dtype_bytes(self.dtype);
+        let row = head_dim * elem;
+        let chunk = block_size * row;
+        let per_block = self.layers.len() * heads * chunk;
+        if blocks.len() != data.len()
+            || data
+                .iter()
+                .any(|(k, v)| k.len() != per_block || v.len() != per_block)
+        {
+            return Err(ModelError::KvCache(format!(
+                "restored blocks must be {per_block} bytes each for keys and values"
+            )));
+        }
+        let tokens = blocks.len() * block_size;
+        let slots: Vec<i32> = blocks
+            .iter()
+            .flat_map(|&b| (0..block_size).map(move |o| (b as usize * block_size + o) as i32))
+            .collect();
+        let slots = Array::from_slice(&slots, &[tokens as i32]);
+        for layer in 0..self.layers.len() {
+            // Token-major `[tokens, kv_heads, head_dim]`, as `write` takes new tokens.
+            let mut keys = vec![0u8; tokens * heads * row];
+            let mut values = vec![0u8; tokens * heads * row];
+            for (j, (k, v)) in data.iter().enumerate() {
+                for head in 0..heads {
+                    let from = (layer * heads + head) * chunk;
+                    for offset in 0..block_size {
+                        let to = ((j * block_size + offset) * heads + head) * row;
+                        let src = from + offset * row;
+                        keys[to..to + row].copy_from_slice(&k[src..src + row]);
+                        values[to..to + row].copy_from_slice(&v[src..src + row]);
+                    }
+                }
+            }
+            let shape = [tokens as i32, self.kv_heads, row as i32];
+            let keys = Array::from_slice(&keys, &shape).view_dtype(self.dtype)?;
+            let values = Array::from_slice(&values, &shape).view_dtype(self.dtype)?;
+            self.write(layer, &slots, &keys, &values)?;
+        }
+        mlx_rs::transforms::eval(self.arrays())?;
+        Ok(())
     }
 
     /// Every pool array, to be evaluated together with a step's outputs so that no lazy

@@ -7,9 +7,13 @@
 //! - `flood`: N clients send one request each at the same moment (pool exhaustion): only
 //!   the allowed statuses may come back, refusals must be fast, and a recovery round
 //!   afterwards must be served in full.
+//! - `tiers`: one agent's time to first token cold, hot (pool) and warm (disk, after a
+//!   restart of the server, which the scenario starts itself), at several prompt lengths;
+//!   the warm one must be a given factor faster than the cold one.
 
 mod flood;
 mod report;
+mod tiers;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +29,8 @@ enum Scenario {
     /// Concurrent one-shot requests against a small pool; checks statuses and how fast
     /// refusals (429) are answered.
     Flood(flood::FloodArgs),
+    /// Time to first token from cold, hot (pool) and warm (disk after a restart) KV.
+    Tiers(tiers::TiersArgs),
 }
 
 #[tokio::main]
@@ -32,6 +38,7 @@ async fn main() {
     let cli = Cli::parse();
     let passed = match cli.scenario {
         Scenario::Flood(args) => flood::run(args).await,
+        Scenario::Tiers(args) => tiers::run(args).await,
     };
     match passed {
         Ok(true) => {}

@@ -17,9 +17,14 @@ use serde_json::Value;
 /// The name the default model is served under.
 pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
-/// `serve` settings from command-line style arguments.
+/// `serve` settings from command-line style arguments. Without `--kv-store-dir` the disk
+/// tier is off, so tests never write into the user's cache folder.
 pub fn settings(args: &[&str]) -> ServeSettings {
-    let settings = mlx_serve::config::parse_args(args).expect("valid test settings");
+    let mut args = args.to_vec();
+    if !args.contains(&"--kv-store-dir") {
+        args.push("--no-kv-store");
+    }
+    let settings = mlx_serve::config::parse_args(&args).expect("valid test settings");
     settings.validate().expect("valid test settings");
     settings
 }

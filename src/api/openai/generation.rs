@@ -116,6 +116,8 @@ pub fn generation_request(
         stop: plan.stop.clone(),
         stop_token_ids: Vec::new(),
         ignore_eos: plan.ignore_eos,
+        agent: None,
+        cache_salt: None,
     })
 }
 

@@ -17,6 +17,7 @@ use super::params::GenerationPlan;
 use super::response::{Endpoint, ResponseContext};
 use super::stream::sse_response;
 use crate::api::agent::AgentId;
+use crate::api::auth::CacheSalt;
 use crate::api::error::ApiError;
 use crate::api::json::JsonBody;
 use crate::api::latency::RequestRecord;
@@ -27,18 +28,20 @@ use crate::engine::sequence::GenerationRequest;
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(record): Extension<RequestRecord>,
+    salt: Option<Extension<CacheSalt>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let plan = request.plan()?;
-    check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
+    let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
     engine
         .check_room(1)
         .map_err(|e| ApiError::from_submit(e, Endpoint::Chat))?;
     let prompt = chat_prompt(&state, engine.model(), plan.messages).await?;
     let context_length = engine.model().identity.context_length;
-    let request = generation_request(prompt, &plan.generation, context_length, "messages")?;
+    let mut request = generation_request(prompt, &plan.generation, context_length, "messages")?;
+    scope(&mut request, agent.as_ref(), salt);
     respond(
         engine,
         record,
@@ -53,21 +56,25 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     Extension(record): Extension<RequestRecord>,
+    salt: Option<Extension<CacheSalt>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let plan = request.plan()?;
-    check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
+    let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
     engine
         .check_room(plan.prompts.len())
         .map_err(|e| ApiError::from_submit(e, Endpoint::Completions))?;
     let prompts = completion_prompts(&state, engine.model(), plan.prompts).await?;
     let context_length = engine.model().identity.context_length;
-    let requests = prompts
+    let mut requests = prompts
         .into_iter()
         .map(|prompt| generation_request(prompt, &plan.generation, context_length, "prompt"))
         .collect::<Result<Vec<_>, _>>()?;
+    for request in &mut requests {
+        scope(request, agent.as_ref(), salt);
+    }
     respond(
         engine,
         record,
@@ -80,22 +87,33 @@ pub async fn completions(
 }
 
 /// The model must be ours; the agent id, if any, must be valid (it is logged with the
-/// request; per-agent caches use it).
+/// request, and its KV is kept on disk). Returns the agent.
 fn check_request(
     engine: &EngineHandle,
     record: &RequestRecord,
     headers: &HeaderMap,
     model: &str,
     plan: &GenerationPlan,
-) -> Result<(), ApiError> {
+) -> Result<Option<AgentId>, ApiError> {
     if !engine.model().identity.answers_to(model) {
         return Err(ApiError::model_not_found(model));
     }
-    if let Some(agent) = AgentId::from_request(headers, plan.agent_id.as_deref())? {
+    let agent = AgentId::from_request(headers, plan.agent_id.as_deref())?;
+    if let Some(agent) = &agent {
         tracing::Span::current().record("agent_id", agent.as_str());
         record.set_agent_id(agent.as_str());
     }
-    Ok(())
+    Ok(agent)
+}
+
+/// Whose prefix cache a generation uses (the key's salt) and whether it is an agent's.
+fn scope(
+    request: &mut GenerationRequest,
+    agent: Option<&AgentId>,
+    salt: Option<Extension<CacheSalt>>,
+) {
+    request.agent = agent.map(|a| a.as_str().to_owned());
+    request.cache_salt = salt.map(|Extension(CacheSalt(salt))| salt);
 }
 
 /// Queues the request's generations (all or none, answered at once when the engine is

@@ -21,6 +21,11 @@
 //!    back into use* plus a small growth watermark (not prompt + max_tokens). Paused
 //!    sequences are parked to free a slot or blocks. Admission shares the prefix and
 //!    allocates the rest in one all-or-nothing pool operation.
+//!    A prompt's prefix is found in the pool first, then continued from the disk store:
+//!    the blocks for that continuation are allocated with the rest, the sequence is
+//!    **restoring** (it runs nothing) until the engine has written them from disk
+//!    ([`Step::restores`], [`Scheduler::restored`]), and only the remaining suffix is
+//!    prefilled.
 //! 3. **Then prefill**, oldest first, in chunks of at most `prefill_chunk` tokens, while the
 //!    step has room (`max_batch` sequences, `max_step_tokens` tokens).
 //!
@@ -30,12 +35,14 @@
 //! the request is refused at once. With `max_queue` 0 a request is taken only if it is
 //! predicted to start in the next step, and a step refuses ([`Step::refused`]) any
 //! never-started sequence it did not admit after all. A sequence that outgrows the whole
-//! pool is reported in [`Step::out_of_blocks`]; stopping at `max_tokens` or the context
-//! length is the engine's job.
+//! pool (running alone, or preempted with more tokens than the pool holds) is reported in
+//! [`Step::out_of_blocks`]; stopping at `max_tokens` or the context length is the
+//! engine's job.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::block_pool::{BlockHash, BlockId, BlockPool};
+use crate::cache_store::{BlockWant, StoredBlocks};
 
 mod queue;
 #[cfg(test)]
@@ -102,9 +109,61 @@ pub struct Step {
     /// Never-started sequences this step did not admit although `max_queue` is 0: removed,
     /// to be answered with the reason.
     pub refused: Vec<(SeqId, Busy)>,
-    /// Sequences that need another block while running alone in a pool with none left:
-    /// they cannot continue and must be finished by the engine.
+    /// Sequences that need another block while running alone in a pool with none left, or
+    /// that wait for re-admission with more tokens than the whole pool holds: they cannot
+    /// continue and must be finished by the engine.
     pub out_of_blocks: Vec<SeqId>,
+    /// Disk blocks to read into sequences admitted this step.
+    pub restores: Vec<RestoreOrder>,
+    /// Full blocks in the pool that should be on disk (shared prefixes of persisting
+    /// sequences admitted this step).
+    pub persist: Vec<FullBlock>,
+}
+
+/// Which prefix cache a sequence belongs to, and what of it goes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheScope {
+    /// Root of the hash chain: blocks are shared only among sequences with the same salt
+    /// (one per API key), so one tenant cannot probe another's prompts.
+    pub salt: Option<BlockHash>,
+    pub persist: Persist,
+}
+
+/// Which of a sequence's full blocks are written to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Persist {
+    #[default]
+    Nothing,
+    /// Prefix blocks it reused from the pool (a prefix seen twice).
+    Reused,
+    /// Every full block (an agent's context).
+    All,
+}
+
+/// A full block whose content is known: what the disk store needs to write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullBlock {
+    pub block: BlockId,
+    pub hash: BlockHash,
+    pub parent: Option<BlockHash>,
+    pub tokens: Vec<u32>,
+}
+
+/// Blocks to read from disk for a sequence admitted this step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOrder {
+    pub id: SeqId,
+    /// Names this restore in [`Scheduler::restore_blocks`] and [`Scheduler::restored`].
+    pub ticket: u64,
+    pub wants: Vec<BlockWant>,
+}
+
+/// A restore in progress: blocks `first..first + count` of the table wait for disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Restore {
+    ticket: u64,
+    first: usize,
+    count: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -123,11 +182,32 @@ struct Sequence {
     paused: bool,
     /// It has been admitted at least once (it has streamed, so it is never refused).
     started: bool,
+    scope: CacheScope,
+    /// Waiting for blocks from disk: it runs nothing until they are written.
+    restoring: Option<Restore>,
 }
 
 impl Sequence {
     fn prefilling(&self) -> bool {
         self.cached + 1 < self.tokens.len()
+    }
+
+    /// The hash the chain of block `index` continues from.
+    fn parent(&self, index: usize) -> Option<BlockHash> {
+        match index {
+            0 => self.scope.salt,
+            i => self.hashes.get(i - 1).copied(),
+        }
+    }
+
+    /// Full block `index` of the table, as the disk store wants it.
+    fn full_block(&self, index: usize, block_size: usize) -> FullBlock {
+        FullBlock {
+            block: self.blocks[index],
+            hash: self.hashes[index],
+            parent: self.parent(index),
+            tokens: self.tokens[index * block_size..(index + 1) * block_size].to_vec(),
+        }
     }
 
     /// Extends `hashes` over the full blocks of `tokens`.
@@ -136,8 +216,8 @@ impl Sequence {
         while self.hashes.len() < full {
             let start = self.hashes.len() * block_size;
             let block = &self.tokens[start..start + block_size];
-            self.hashes
-                .push(BlockHash::chain(self.hashes.last().copied(), block));
+            let parent = self.parent(self.hashes.len());
+            self.hashes.push(BlockHash::chain(parent, block));
         }
     }
 
@@ -155,6 +235,8 @@ struct Need {
     prefix: Vec<BlockId>,
     /// Blocks to allocate for the rest.
     fresh: usize,
+    /// Of those, how many continue the prefix from disk.
+    restore: usize,
 }
 
 /// Sequences in their phases over a [`BlockPool`].
@@ -169,10 +251,14 @@ pub struct Scheduler {
     running: Vec<SeqId>,
     /// Preempted while paused; back to the front of the queue once unpaused.
     parked: Vec<SeqId>,
+    /// What the disk store holds (empty without one).
+    stored: StoredBlocks,
+    next_ticket: u64,
 }
 
 impl Scheduler {
-    pub fn new(config: SchedulerConfig) -> Self {
+    /// A scheduler whose prefixes continue from `stored` blocks on disk.
+    pub fn new(config: SchedulerConfig, stored: StoredBlocks) -> Self {
         Scheduler {
             pool: BlockPool::new(config.num_blocks),
             config,
@@ -180,6 +266,8 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             parked: Vec::new(),
+            stored,
+            next_ticket: 0,
         }
     }
 
@@ -264,7 +352,12 @@ impl Scheduler {
                 continue;
             };
             let needs_block = seq.cached / self.config.block_size >= seq.blocks.len();
-            if !self.running.contains(&id) || seq.prefilling() || seq.paused || !needs_block {
+            if !self.running.contains(&id)
+                || seq.prefilling()
+                || seq.paused
+                || seq.restoring.is_some()
+                || !needs_block
+            {
                 continue;
             }
             if self.grow(id, &mut step) {
@@ -322,7 +415,7 @@ impl Scheduler {
                 break;
             }
             let seq = &self.sequences[&id];
-            if !seq.prefilling() || seq.paused {
+            if !seq.prefilling() || seq.paused || seq.restoring.is_some() {
                 continue;
             }
             let remaining = seq.tokens.len() - seq.cached;
@@ -344,6 +437,13 @@ impl Scheduler {
     /// paused sequences to make room when that is enough.
     fn admit_waiting(&mut self, step: &mut Step) {
         while let Some(&id) = self.waiting.front() {
+            if self.blocks_for(self.sequences[&id].tokens.len()) > self.config.num_blocks {
+                // Preempted after it outgrew the whole pool: it can never run again, and
+                // at the front it would hold up everyone behind it.
+                self.remove(id);
+                step.out_of_blocks.push(id);
+                continue;
+            }
             if self.running.len() >= self.config.max_batch && !self.park_newest_paused(step) {
                 return;
             }
@@ -374,16 +474,72 @@ impl Scheduler {
                 return;
             };
             self.waiting.pop_front();
-            let cached = need.prefix.len() * self.config.block_size;
+            let block_size = self.config.block_size;
+            let cached = need.prefix.len() * block_size;
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
             if let Some(seq) = self.sequences.get_mut(&id) {
                 seq.registered = need.prefix.len();
                 seq.cached = cached;
                 seq.blocks = blocks;
                 seq.started = true;
+                if seq.scope.persist != Persist::Nothing {
+                    step.persist
+                        .extend((0..need.prefix.len()).map(|i| seq.full_block(i, block_size)));
+                }
+                if need.restore > 0 {
+                    let first = need.prefix.len();
+                    seq.restoring = Some(Restore {
+                        ticket,
+                        first,
+                        count: need.restore,
+                    });
+                    let wants = (first..first + need.restore)
+                        .map(|i| {
+                            let block = seq.full_block(i, block_size);
+                            BlockWant {
+                                hash: block.hash,
+                                parent: block.parent,
+                                tokens: block.tokens,
+                            }
+                        })
+                        .collect();
+                    step.restores.push(RestoreOrder { id, ticket, wants });
+                }
             }
             self.running.push(id);
             step.admitted.push((id, cached));
         }
+    }
+
+    /// The blocks waiting for restore `ticket` of `id`, in order; `None` when that restore
+    /// is no longer wanted (the sequence ended, or was preempted and admitted again).
+    pub fn restore_blocks(&self, id: SeqId, ticket: u64) -> Option<Vec<BlockId>> {
+        let seq = self.sequences.get(&id)?;
+        let restore = seq.restoring.filter(|r| r.ticket == ticket)?;
+        Some(seq.blocks[restore.first..restore.first + restore.count].to_vec())
+    }
+
+    /// Ends restore `ticket` of `id` with its first `loaded` blocks written: they count as
+    /// computed and join the prefix cache; the rest of the prompt is prefilled. Returns the
+    /// sequence's cached prompt tokens (0 if the restore was no longer wanted).
+    pub fn restored(&mut self, id: SeqId, ticket: u64, loaded: usize) -> usize {
+        let block_size = self.config.block_size;
+        let Some(seq) = self.sequences.get_mut(&id) else {
+            return 0;
+        };
+        let Some(restore) = seq.restoring.filter(|r| r.ticket == ticket) else {
+            return 0;
+        };
+        seq.restoring = None;
+        let loaded = loaded.min(restore.count);
+        let full = restore.first + loaded;
+        for index in seq.registered..full {
+            self.pool.register(seq.blocks[index], seq.hashes[index]);
+        }
+        seq.registered = seq.registered.max(full);
+        seq.cached = seq.cached.max(full * block_size);
+        seq.cached
     }
 
     /// Gives a decoding sequence its next block, parking paused sequences and then
@@ -440,16 +596,18 @@ impl Scheduler {
             seq.blocks.clear();
             seq.cached = 0;
             seq.registered = 0;
+            seq.restoring = None;
         }
     }
 
     /// Records a step's outcome for one sequence: its chunk's KV is now cached, and
     /// `sampled` is the token it produced (if its chunk completed the prompt). Full blocks
-    /// are registered in the prefix cache.
-    pub fn complete(&mut self, id: SeqId, computed: usize, sampled: Option<u32>) {
+    /// are registered in the prefix cache; those of a sequence that persists everything
+    /// are returned for the disk store.
+    pub fn complete(&mut self, id: SeqId, computed: usize, sampled: Option<u32>) -> Vec<FullBlock> {
         let block_size = self.config.block_size;
         let Some(seq) = self.sequences.get_mut(&id) else {
-            return;
+            return Vec::new();
         };
         seq.cached = (seq.cached + computed).min(seq.tokens.len());
         if let Some(token) = sampled {
@@ -457,10 +615,33 @@ impl Scheduler {
             seq.hash_full_blocks(block_size);
         }
         let full = (seq.cached / block_size).min(seq.blocks.len());
+        let mut new = Vec::new();
         for index in seq.registered..full {
             self.pool.register(seq.blocks[index], seq.hashes[index]);
+            if seq.scope.persist == Persist::All {
+                new.push(seq.full_block(index, block_size));
+            }
         }
         seq.registered = seq.registered.max(full);
+        new
+    }
+
+    /// The chain hashes and tokens of `id`'s computed full blocks (an agent's manifest).
+    pub fn computed_blocks(&self, id: SeqId) -> (Vec<BlockHash>, Vec<u32>) {
+        let Some(seq) = self.sequences.get(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let full = (seq.cached / self.config.block_size).min(seq.hashes.len());
+        (
+            seq.hashes[..full].to_vec(),
+            seq.tokens[..full * self.config.block_size].to_vec(),
+        )
+    }
+
+    /// Whether `block` still holds the content hashed `hash` (a deferred disk write may
+    /// still copy it).
+    pub fn holds(&self, block: BlockId, hash: BlockHash) -> bool {
+        self.pool.holds(block, hash)
     }
 
     /// Tokens generated so far by `id` (after its prompt).

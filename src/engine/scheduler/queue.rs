@@ -3,7 +3,7 @@
 //! current state, more than `max_queue` of the queue's generations would be left waiting
 //! after the next step's admissions (see the parent module's docs).
 
-use super::{Need, Scheduler, SeqId, Sequence};
+use super::{CacheScope, Need, Scheduler, SeqId, Sequence};
 
 /// Why a request is refused at submission.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +47,11 @@ impl Scheduler {
     /// prompt that can never fit, a request larger than the batch plus the queue, and —
     /// when more than `max_queue` generations would be left waiting after the next step's
     /// predicted admissions — a busy engine.
-    pub fn submit(&mut self, prompts: Vec<(SeqId, Vec<u32>)>) -> Result<(), AdmitError> {
+    pub fn submit(
+        &mut self,
+        prompts: Vec<(SeqId, Vec<u32>)>,
+        scope: CacheScope,
+    ) -> Result<(), AdmitError> {
         let limit = self.config.max_batch + self.config.max_queue;
         if prompts.len() > limit {
             return Err(AdmitError::TooManyGenerations {
@@ -57,7 +61,7 @@ impl Scheduler {
         }
         let mut new = Vec::with_capacity(prompts.len());
         for (id, prompt) in prompts {
-            new.push((id, self.new_sequence(prompt)?));
+            new.push((id, self.new_sequence(prompt, scope)?));
         }
         let needs: Vec<Need> = new.iter().map(|(_, seq)| self.need(seq)).collect();
         self.queue_verdict(&needs)?;
@@ -68,7 +72,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn new_sequence(&self, prompt: Vec<u32>) -> Result<Sequence, AdmitError> {
+    fn new_sequence(&self, prompt: Vec<u32>, scope: CacheScope) -> Result<Sequence, AdmitError> {
         if prompt.is_empty() {
             return Err(AdmitError::EmptyPrompt);
         }
@@ -95,18 +99,25 @@ impl Scheduler {
             registered: 0,
             paused: false,
             started: false,
+            scope,
+            restoring: None,
         };
         seq.hash_full_blocks(self.config.block_size);
         Ok(seq)
     }
 
-    /// What admitting `seq` now takes: its cached prefix and the blocks for the rest.
+    /// What admitting `seq` now takes: its cached prefix, the blocks for the rest, and how
+    /// many of those continue the prefix from disk.
     pub(super) fn need(&self, seq: &Sequence) -> Need {
-        let prefix = self
-            .pool
-            .lookup_prefix(seq.reusable_hashes(self.config.block_size));
+        let reusable = seq.reusable_hashes(self.config.block_size);
+        let prefix = self.pool.lookup_prefix(reusable);
+        let restore = self.stored.leading_run(&reusable[prefix.len()..]);
         let fresh = self.blocks_for(seq.tokens.len()) - prefix.len();
-        Need { prefix, fresh }
+        Need {
+            prefix,
+            fresh,
+            restore,
+        }
     }
 
     /// Whether an admission costing `cost` blocks fits `available` ones: with the
@@ -137,6 +148,7 @@ impl Scheduler {
             .map(|_| Need {
                 prefix: Vec::new(),
                 fresh: 1,
+                restore: 0,
             })
             .collect();
         self.queue_verdict(&cheapest)
