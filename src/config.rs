@@ -69,6 +69,11 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_API_KEY", value_delimiter = ',')]
     pub api_key: Vec<String>,
 
+    /// The key of the admin API (`/admin/*`: agents' KV caches, the store). Separate from
+    /// `--api-key`; without it every `/admin` path answers 404.
+    #[arg(long, env = "MLX_SERVE_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+
     /// A browser origin allowed by CORS (repeatable; `*` = any; in the environment,
     /// comma-separated). None: CORS off.
     #[arg(long, env = "MLX_SERVE_CORS_ORIGIN", value_delimiter = ',')]

@@ -262,6 +262,14 @@ async fn damaged_and_torn_files_are_misses_never_wrong_output() {
         !torn.exists(),
         "leftover temporaries are removed at start-up"
     );
+    let (status, _) = admin(
+        &served,
+        reqwest::Method::GET,
+        "/admin/agents",
+        Some("tenant-one"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no admin key: no admin API");
     // Two good blocks come back; the damaged third is a checksum miss and is prefilled.
     let again = complete(&served, "tenant-one", Some("bob"), &longer, 8).await;
     assert_eq!(cached_tokens(&again), 2 * BLOCK as u64);
@@ -341,4 +349,157 @@ async fn kill_9_while_writing_leaves_only_whole_files() {
     assert_greedy_agrees(&cold, &again);
     let restored = sample(&after, "mlx_serve_kv_store_blocks_read_total");
     assert_eq!(restored, 0.0, "nothing is read before a request asks");
+}
+
+async fn admin(
+    served: &Served,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = client().request(method, format!("{}{path}", served.base));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_and_deletes_agents() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = StoreDir::new("admin");
+    let served = start(&["--kv-store-dir", dir.arg(), "--admin-key", "the-admin"]);
+    let get = reqwest::Method::GET;
+    let delete = reqwest::Method::DELETE;
+    // The admin key and nothing else opens /admin.
+    for key in [None, Some("wrong")] {
+        let (status, body) = admin(&served, get.clone(), "/admin/agents", key).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        server::assert_envelope(&body);
+    }
+    // alice: 3 full blocks; bob shares her first two and adds one.
+    let alice = ids(8000, 48);
+    let bob: Vec<u32> = ids(8000, 32).into_iter().chain(ids(9000, 16)).collect();
+    complete(&served, "any", Some("alice"), &alice, 1).await;
+    let turn = complete(&served, "any", Some("bob"), &bob, 1).await;
+    assert_eq!(cached_tokens(&turn), 2 * BLOCK as u64);
+    settled_metrics(&served).await;
+    assert_eq!(dir.files(".safetensors").len(), 4);
+
+    let (status, list) = admin(&served, get.clone(), "/admin/agents", Some("the-admin")).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids_listed: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids_listed, ["alice", "bob"]);
+    let (status, one) = admin(
+        &served,
+        get.clone(),
+        "/admin/agents/alice",
+        Some("the-admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(
+        (
+            &one["tokens"],
+            &one["blocks"],
+            &one["blocks_on_disk"],
+            &one["blocks_in_memory"]
+        ),
+        (&json!(48), &json!(3), &json!(3), &json!(3)),
+        "{one}"
+    );
+    let (status, body) = admin(
+        &served,
+        get.clone(),
+        "/admin/agents/nobody",
+        Some("the-admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(server::assert_envelope(&body)["code"], "agent_not_found");
+    // Hostile ids never reach the file system.
+    // (A bare `..` segment never arrives: clients resolve it away.)
+    for hostile in ["..%2F..%2Fetc", "x%2F..%2F..%2Fescape", "a%20b", "%C3%A9"] {
+        let path = format!("/admin/agents/{hostile}");
+        let (status, body) = admin(&served, delete.clone(), &path, Some("the-admin")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hostile}: {body}");
+    }
+
+    // Deleting alice removes only the block bob does not share.
+    let (status, deleted) = admin(
+        &served,
+        delete.clone(),
+        "/admin/agents/alice",
+        Some("the-admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!(deleted["blocks_removed"], 1, "{deleted}");
+    assert_eq!(dir.files(".safetensors").len(), 3);
+    assert_eq!(dir.files("alice.json").len(), 0);
+    let (status, _) = admin(
+        &served,
+        get.clone(),
+        "/admin/agents/alice",
+        Some("the-admin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, store) = admin(&served, get.clone(), "/admin/kv-store", Some("the-admin")).await;
+    assert_eq!(
+        (&store["enabled"], &store["blocks"]),
+        (&json!(true), &json!(3)),
+        "{store}"
+    );
+    // Her prompt now finds only what bob keeps.
+    let again = complete(&served, "any", Some("alice"), &alice, 1).await;
+    assert_eq!(cached_tokens(&again), 2 * BLOCK as u64);
+    settled_metrics(&served).await;
+
+    // Everything goes.
+    let (status, cleared) =
+        admin(&served, delete.clone(), "/admin/caches", Some("the-admin")).await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["manifests_removed"], 2, "{cleared}");
+    assert!(dir.files(".safetensors").is_empty());
+    let (_, list) = admin(&served, get.clone(), "/admin/agents", Some("the-admin")).await;
+    assert_eq!(list["data"], json!([]));
+    let fresh = complete(&served, "any", Some("alice"), &alice, 1).await;
+    assert_eq!(
+        cached_tokens(&fresh),
+        0,
+        "nothing is left in the pool either"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_agent_write_each_block_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = StoreDir::new("concurrent");
+    let served = start(&["--kv-store-dir", dir.arg()]);
+    let prompt = ids(12000, 64);
+    let answers = futures_util::future::join_all(
+        (0..4).map(|_| complete(&served, "any", Some("same"), &prompt, 4)),
+    )
+    .await;
+    for answer in &answers[1..] {
+        assert_greedy_agrees(&answers[0], answer);
+    }
+    let metrics = settled_metrics(&served).await;
+    // 67 tokens of KV: 4 full blocks, each written once however many requests filled it.
+    assert_eq!(
+        sample(&metrics, "mlx_serve_kv_store_blocks_written_total"),
+        4.0
+    );
+    assert_eq!(dir.files(".safetensors").len(), 4);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(&dir.files("same.json")[0]).unwrap()).unwrap();
+    assert_eq!(manifest["block_hashes"].as_array().map(Vec::len), Some(4));
 }

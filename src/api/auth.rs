@@ -46,6 +46,29 @@ pub async fn require_api_key(
     next.run(request).await
 }
 
+/// Middleware of `/admin/*`: 401 unless the request carries the admin key (compared in
+/// constant time). The routes exist only when an admin key is configured.
+pub async fn require_admin_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(admin) = state.admin_key() else {
+        return ApiError::route_not_found(request.method().as_str(), request.uri().path())
+            .into_response();
+    };
+    match presented_key(request.headers()) {
+        Some(key) if bool::from(key.as_bytes().ct_eq(admin.as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::unauthorized("incorrect admin key provided").into_response(),
+        None => ApiError::unauthorized(
+            "missing admin key: send `Authorization: Bearer <admin key>` or `x-api-key: <admin key>`",
+        )
+        .into_response(),
+    }
+}
+
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;

@@ -85,6 +85,16 @@ impl ApiError {
         .param("model")
     }
 
+    /// 404 for an agent the store keeps nothing for.
+    pub fn agent_not_found(agent: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("No KV cache is stored for the agent `{agent}`; GET /admin/agents lists them"),
+        )
+        .code("agent_not_found")
+    }
+
     /// 404 for a path no route serves.
     pub fn route_not_found(method: &str, path: &str) -> Self {
         ApiError::new(

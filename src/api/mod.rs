@@ -4,6 +4,7 @@
 //! metrics endpoints, and the server (accept loop, connection limits, graceful shutdown). No model or MLX types here: the
 //! engine is reached only through [`crate::engine::EngineHandle`].
 
+pub mod admin;
 pub mod agent;
 pub mod auth;
 pub mod connection;
@@ -66,9 +67,15 @@ pub fn router(state: AppState, settings: &ServeSettings) -> Router {
             auth::require_api_key,
         ));
     }
+    let mut app = v1.merge(observability);
+    if settings.admin_key.is_some() {
+        app = app.merge(admin::routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin_key,
+        )));
+    }
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    let mut app = v1
-        .merge(observability)
+    let mut app = app
         .merge(health::routes())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -24,6 +24,7 @@ struct Shared {
     /// Set by the first shutdown signal; from then on new requests get 503.
     draining: AtomicBool,
     api_keys: Vec<String>,
+    admin_key: Option<String>,
     max_body_bytes: usize,
     metrics: Arc<Metrics>,
     /// Readiness fails above this fraction of KV blocks in use.
@@ -71,6 +72,7 @@ impl AppState {
                 engine: OnceLock::new(),
                 draining: AtomicBool::new(false),
                 api_keys: settings.api_key.clone(),
+                admin_key: settings.admin_key.clone(),
                 max_body_bytes: settings.max_body_bytes,
                 metrics: Arc::new(Metrics::default()),
                 ready_max_kv_usage: settings.ready_max_kv_usage,
@@ -114,6 +116,11 @@ impl AppState {
     /// The configured API keys; empty = no authentication.
     pub fn api_keys(&self) -> &[String] {
         &self.shared.api_keys
+    }
+
+    /// `--admin-key`, if set.
+    pub fn admin_key(&self) -> Option<&str> {
+        self.shared.admin_key.as_deref()
     }
 
     pub fn max_body_bytes(&self) -> usize {

@@ -35,7 +35,7 @@ pub use block_file::{BlockRecord, Miss, StoreIdentity};
 pub use counters::{DropReason, StoreCounters};
 pub use index::Index;
 pub use layout::{Encoding, KvDtype, KvLayout};
-pub use manifest::AgentManifest;
+pub use manifest::{AgentManifest, Cleared};
 
 use crate::engine::block_pool::BlockHash;
 use counters::{add, get};
@@ -88,6 +88,8 @@ enum WriteJob {
     Block(BlockRecord),
     Manifest(AgentManifest),
     Flush(Sender<()>),
+    DeleteAgent(String, Sender<Option<usize>>),
+    Clear(Sender<Cleared>),
 }
 
 struct ReadJob {
@@ -288,6 +290,42 @@ impl KvStore {
         }
     }
 
+    /// Every agent manifest of this model, by id (reads files: not for the engine thread).
+    pub fn agents(&self) -> Vec<AgentManifest> {
+        self.shared.manifests()
+    }
+
+    /// One agent's manifest (reads a file: not for the engine thread).
+    pub fn agent(&self, agent_id: &str) -> Option<AgentManifest> {
+        self.shared.read_manifest(agent_id)
+    }
+
+    /// How many of `hashes` are on disk.
+    pub fn count_on_disk(&self, hashes: &[BlockHash]) -> usize {
+        let index = lock(&self.shared.index);
+        hashes.iter().filter(|h| index.contains(h)).count()
+    }
+
+    /// Removes an agent's manifest and the blocks no other agent lists, after every write
+    /// queued before (on the writer thread). `None`: no such agent. Blocks.
+    pub fn delete_agent(&self, agent_id: &str) -> Option<usize> {
+        let (done, wait) = mpsc::channel();
+        self.writes
+            .send(WriteJob::DeleteAgent(agent_id.to_owned(), done))
+            .ok()?;
+        wait.recv().ok().flatten()
+    }
+
+    /// Removes every block and manifest of this model, after every write queued before.
+    /// Blocks.
+    pub fn clear(&self) -> Cleared {
+        let (done, wait) = mpsc::channel();
+        if self.writes.send(WriteJob::Clear(done)).is_err() {
+            return Cleared::default();
+        }
+        wait.recv().unwrap_or_default()
+    }
+
     /// The folder of this model's blocks and manifests.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -309,10 +347,6 @@ impl Shared {
             .join(format!("{hex}.{}", scan::BLOCK_EXTENSION))
     }
 
-    fn manifest_path(&self, agent_id: &str) -> PathBuf {
-        self.dir.join("agents").join(format!("{agent_id}.json"))
-    }
-
     fn write_loop(&self, jobs: Receiver<WriteJob>) {
         for job in jobs {
             match job {
@@ -329,17 +363,15 @@ impl Shared {
                         .fetch_sub(size, Ordering::Relaxed);
                     self.counters.queued_blocks.fetch_sub(1, Ordering::Relaxed);
                 }
-                WriteJob::Manifest(manifest) => {
-                    let path = self.manifest_path(&manifest.agent_id);
-                    let written = serde_json::to_vec(&manifest)
-                        .map_err(io::Error::other)
-                        .and_then(|json| durable::write_atomic(&path, &json));
-                    if let Err(e) = written {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write an agent manifest");
-                    }
-                }
+                WriteJob::Manifest(manifest) => self.write_manifest_file(&manifest),
                 WriteJob::Flush(done) => {
                     let _ = done.send(());
+                }
+                WriteJob::DeleteAgent(agent_id, done) => {
+                    let _ = done.send(self.delete_agent(&agent_id));
+                }
+                WriteJob::Clear(done) => {
+                    let _ = done.send(self.clear());
                 }
             }
         }

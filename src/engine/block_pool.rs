@@ -277,6 +277,48 @@ impl BlockPool {
             .is_some_and(|b| b.hash == Some(hash))
     }
 
+    /// Forgets the content of cached (unreferenced) blocks holding any of `hashes`, so no
+    /// later prompt finds them (an agent's memory was deleted); blocks in use keep theirs.
+    /// Returns how many were freed.
+    pub fn forget(&mut self, hashes: &[BlockHash]) -> usize {
+        let mut freed = 0;
+        for hash in hashes {
+            let Some(&block) = self.by_hash.get(hash) else {
+                continue;
+            };
+            let meta = &mut self.blocks[block as usize];
+            if meta.refcount == 0 && self.cached.remove(&(meta.released_at, block)) {
+                meta.hash = None;
+                self.by_hash.remove(hash);
+                self.free.insert(block);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Forgets every cached block's content (`DELETE /admin/caches`); returns how many.
+    pub fn forget_all_cached(&mut self) -> usize {
+        let cached = std::mem::take(&mut self.cached);
+        for &(_, block) in &cached {
+            if let Some(hash) = self.blocks[block as usize].hash.take()
+                && self.by_hash.get(&hash) == Some(&block)
+            {
+                self.by_hash.remove(&hash);
+            }
+            self.free.insert(block);
+        }
+        cached.len()
+    }
+
+    /// How many of `hashes` are held by a block (in use or cached).
+    pub fn count_held(&self, hashes: &[BlockHash]) -> usize {
+        hashes
+            .iter()
+            .filter(|h| self.by_hash.contains_key(h))
+            .count()
+    }
+
     /// Records that in-use `block` now holds the full block with content `hash`, so later
     /// requests can find it. A hash already registered to another block keeps that block.
     pub fn register(&mut self, block: BlockId, hash: BlockHash) {
@@ -324,6 +366,27 @@ impl BlockPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgotten_content_is_never_found_again() {
+        let mut pool = BlockPool::new(4);
+        let hashes = BlockHash::chain_all(&[1, 2, 3, 4, 5, 6], 2);
+        let blocks = pool.allocate(3, None).unwrap();
+        for (&b, &h) in blocks.iter().zip(&hashes) {
+            pool.register(b, h);
+        }
+        // The first stays in use; the other two are cached.
+        pool.release(blocks[1]);
+        pool.release(blocks[2]);
+        assert_eq!(pool.count_held(&hashes), 3);
+        assert_eq!(pool.forget(&hashes), 2, "only cached blocks are forgotten");
+        assert_eq!(pool.lookup_prefix(&hashes), vec![blocks[0]]);
+        assert_eq!((pool.free(), pool.cached()), (3, 0));
+        pool.release(blocks[0]);
+        assert_eq!(pool.forget_all_cached(), 1);
+        assert_eq!(pool.count_held(&hashes), 0);
+        pool.check().unwrap();
+    }
 
     #[test]
     fn allocation_is_consecutive_and_continues_runs() {

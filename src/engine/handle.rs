@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Pending, Queued};
+use super::block_pool::BlockHash;
 use super::config::{EngineConfig, StorePolicy};
 use super::persistence::PersistReport;
 use super::sampling::SamplingError;
@@ -16,6 +17,7 @@ use super::scheduler::{AdmitError, Busy, CacheScope, Persist};
 use super::sequence::{Event, GenerationRequest};
 use super::served_model::ServedModel;
 use super::worker::{Command, Worker};
+use crate::cache_store::KvStore;
 use crate::metrics::engine::{EngineMetrics, Rejection};
 use crate::model::ModelError;
 use crate::model::loader::LoadedModel;
@@ -127,6 +129,7 @@ pub struct EngineHandle {
     model: Arc<ServedModel>,
     thread: Arc<std::thread::JoinHandle<()>>,
     persist: PersistScopes,
+    store: Option<Arc<KvStore>>,
 }
 
 /// What goes to disk for requests with and without an agent id.
@@ -171,7 +174,11 @@ impl EngineHandle {
                     Ok(mut worker) => {
                         // Stats are valid from the moment `start` returns.
                         worker.publish_stats(0.0);
-                        let _ = ready_tx.send(Ok((worker.served_model(), worker.admission())));
+                        let _ = ready_tx.send(Ok((
+                            worker.served_model(),
+                            worker.admission(),
+                            worker.store(),
+                        )));
                         worker.run(inbox);
                     }
                     Err(e) => {
@@ -181,13 +188,14 @@ impl EngineHandle {
             })
             .map_err(|e| ModelError::KvCache(format!("cannot start the engine thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok((model, admission))) => Ok(EngineHandle {
+            Ok(Ok((model, admission, store))) => Ok(EngineHandle {
                 commands,
                 admission,
                 stats,
                 model: Arc::new(model),
                 thread: Arc::new(thread),
                 persist: PersistScopes { agent, non_agent },
+                store,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ModelError::KvCache(
@@ -335,6 +343,27 @@ impl EngineHandle {
             .send(Command::Persist { timeout, reply })
             .ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// The disk store, when configured.
+    pub fn store(&self) -> Option<&Arc<KvStore>> {
+        self.store.as_ref()
+    }
+
+    /// How many of `hashes` the pool holds (in use or cached).
+    pub fn blocks_in_memory(&self, hashes: &[BlockHash]) -> usize {
+        self.admission.lock().scheduler.pool().count_held(hashes)
+    }
+
+    /// Forgets cached pool blocks holding `hashes` (`None`: every cached block), so no
+    /// later prompt reuses them; blocks in use keep their content. Returns how many.
+    pub fn forget_cached(&self, hashes: Option<&[BlockHash]>) -> usize {
+        let mut book = self.admission.lock();
+        let pool = book.scheduler.pool_mut();
+        match hashes {
+            Some(hashes) => pool.forget(hashes),
+            None => pool.forget_all_cached(),
+        }
     }
 
     /// The model this engine serves.

@@ -254,6 +254,11 @@ impl Worker {
         })
     }
 
+    /// The disk store, if configured (the handle's admin views use it).
+    pub(crate) fn store(&self) -> Option<Arc<KvStore>> {
+        self.persistence.as_ref().map(|p| Arc::clone(p.store()))
+    }
+
     pub(crate) fn served_model(&self) -> ServedModel {
         ServedModel::new(
             self.loaded.identity.clone(),

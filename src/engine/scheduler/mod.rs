@@ -638,6 +638,11 @@ impl Scheduler {
         )
     }
 
+    /// The pool, for the admin API's views and deletions of prefix content.
+    pub fn pool_mut(&mut self) -> &mut BlockPool {
+        &mut self.pool
+    }
+
     /// Whether `block` still holds the content hashed `hash` (a deferred disk write may
     /// still copy it).
     pub fn holds(&self, block: BlockId, hash: BlockHash) -> bool {
