@@ -139,7 +139,7 @@ pub struct ServeSettings {
 
     /// Which blocks of requests without an agent id go to disk: `agents` (none), `reused`
     /// (prefixes reused from the pool) or `all`. Agents' blocks always do.
-    #[arg(long, env = "MLX_SERVE_KV_STORE_POLICY", default_value = "agents")]
+    #[arg(long, env = "MLX_SERVE_KV_STORE_POLICY", default_value = "reused")]
     pub kv_store_policy: StorePolicy,
 
     /// At shutdown, after the drain, how long writing hot blocks to disk may take.

@@ -40,9 +40,11 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StorePolicy {
     /// Only agents' blocks.
-    #[default]
     Agents,
-    /// Also prefix blocks a request reused from the pool (a prefix seen twice).
+    /// Also prefix blocks a request reused from the pool (a prefix seen twice): shared
+    /// system prompts and conversations whose history is still hot survive a restart, for
+    /// a few blocks written (BENCHMARK_REPORT.md).
+    #[default]
     Reused,
     /// Every full block of every request.
     All,
@@ -77,7 +79,7 @@ impl Default for EngineConfig {
             stall_timeout: Duration::from_secs(60),
             event_buffer: 16,
             kv_store: None,
-            store_policy: StorePolicy::Agents,
+            store_policy: StorePolicy::Reused,
         }
     }
 }

@@ -10,10 +10,13 @@
 //! - `tiers`: one agent's time to first token cold, hot (pool) and warm (disk, after a
 //!   restart of the server, which the scenario starts itself), at several prompt lengths;
 //!   the warm one must be a given factor faster than the cold one.
+//! - `turns`: many agents take turns re-sending growing contexts over a pool that holds
+//!   only some of them; the share of prompt tokens served from cache must reach a bound.
 
 mod flood;
 mod report;
 mod tiers;
+mod turns;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +34,8 @@ enum Scenario {
     Flood(flood::FloodArgs),
     /// Time to first token from cold, hot (pool) and warm (disk after a restart) KV.
     Tiers(tiers::TiersArgs),
+    /// Agents taking turns with growing contexts: the share of prompt tokens from cache.
+    Turns(turns::TurnsArgs),
 }
 
 #[tokio::main]
@@ -39,6 +44,7 @@ async fn main() {
     let passed = match cli.scenario {
         Scenario::Flood(args) => flood::run(args).await,
         Scenario::Tiers(args) => tiers::run(args).await,
+        Scenario::Turns(args) => turns::run(args).await,
     };
     match passed {
         Ok(true) => {}
