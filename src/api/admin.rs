@@ -15,7 +15,6 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::cache_store::{AgentManifest, KvStore};
 use crate::engine::EngineHandle;
-use crate::engine::block_pool::BlockHash;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -41,11 +40,7 @@ struct AgentView {
 }
 
 fn view(engine: &EngineHandle, store: &KvStore, manifest: AgentManifest) -> AgentView {
-    let hashes: Vec<BlockHash> = manifest
-        .block_hashes
-        .iter()
-        .filter_map(|h| BlockHash::from_hex(h))
-        .collect();
+    let hashes = manifest.hashes();
     let on_disk = store.count_on_disk(&hashes);
     AgentView {
         tokens: manifest.token_ids.len(),
@@ -119,12 +114,7 @@ async fn delete_agent(
         let store = store?;
         let manifest = store.agent(&agent)?;
         let removed = store.delete_agent(&agent)?;
-        let hashes: Vec<BlockHash> = manifest
-            .block_hashes
-            .iter()
-            .filter_map(|h| BlockHash::from_hex(h))
-            .collect();
-        Some((removed, engine.forget_cached(Some(&hashes))))
+        Some((removed, engine.forget_cached(Some(&manifest.hashes()))))
     })
     .await?;
     let (blocks_removed, pool_blocks_forgotten) =

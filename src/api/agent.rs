@@ -5,11 +5,10 @@
 use axum::http::HeaderMap;
 
 use super::error::ApiError;
+use crate::cache_store::manifest::{MAX_AGENT_ID_LEN, valid_agent_id};
 
 pub const AGENT_ID_HEADER: &str = "x-agent-id";
 pub const SESSION_ID_HEADER: &str = "x-session-id";
-/// Longest accepted id.
-pub const MAX_AGENT_ID_LEN: usize = 128;
 
 /// A validated agent id: 1 to 128 characters of `[A-Za-z0-9_.-]`, and not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +16,7 @@ pub struct AgentId(String);
 
 impl AgentId {
     pub fn parse(id: &str, param: &str) -> Result<AgentId, ApiError> {
-        let valid_chars = id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if id.is_empty() || id.len() > MAX_AGENT_ID_LEN || !valid_chars || id == "." || id == ".." {
+        if !valid_agent_id(id) {
             return Err(ApiError::invalid_request(
                 Some(param.to_owned()),
                 format!(

@@ -26,16 +26,30 @@ pub struct AgentManifest {
     pub block_bytes: u64,
 }
 
-/// Whether `id` may name a manifest file: 1 to 128 characters of `[A-Za-z0-9_.-]`, not
-/// `.` or `..` (the API validates ids the same way; this is the store's own guard).
+/// Longest agent id.
+pub const MAX_AGENT_ID_LEN: usize = 128;
+
+/// Whether `id` is a valid agent id and may name a manifest file: 1 to 128 characters of
+/// `[A-Za-z0-9_.-]`, not `.` or `..`. The API refuses other ids with this rule, and the
+/// store checks it again before it names a file.
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_AGENT_ID_LEN
         && id != "."
         && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl AgentManifest {
+    /// Its blocks' hashes (entries that are not a hash are skipped).
+    pub fn hashes(&self) -> Vec<BlockHash> {
+        self.block_hashes
+            .iter()
+            .filter_map(|h| BlockHash::from_hex(h))
+            .collect()
+    }
 }
 
 /// What `DELETE /admin/caches` removed.
@@ -92,23 +106,24 @@ impl Shared {
     /// when it has no manifest. Runs on the writer thread, so it cannot race a write.
     pub(super) fn delete_agent(&self, agent_id: &str) -> Option<usize> {
         let target = self.read_manifest(agent_id)?;
-        let kept: HashSet<String> = self
+        let kept: HashSet<BlockHash> = self
             .manifests()
-            .into_iter()
+            .iter()
             .filter(|m| m.agent_id != agent_id)
-            .flat_map(|m| m.block_hashes)
+            .flat_map(AgentManifest::hashes)
             .collect();
         let mut removed = 0;
-        for hex in target.block_hashes.iter().filter(|h| !kept.contains(*h)) {
-            let Some(hash) = BlockHash::from_hex(hex) else {
-                continue;
-            };
-            let path = lock(&self.index).path_of(&hash).map(PathBuf::from);
-            if let Some(path) = path {
-                lock(&self.index).remove(&path);
-                if fs::remove_file(&path).is_ok() {
-                    removed += 1;
+        for hash in target.hashes().iter().filter(|h| !kept.contains(*h)) {
+            let path = {
+                let mut index = lock(&self.index);
+                let path = index.path_of(hash).map(PathBuf::from);
+                if let Some(path) = &path {
+                    index.remove(path);
                 }
+                path
+            };
+            if path.is_some_and(|p| fs::remove_file(p).is_ok()) {
+                removed += 1;
             }
         }
         let _ = fs::remove_file(self.manifest_path(agent_id));

@@ -220,13 +220,13 @@ impl KvStore {
         lock(&self.shared.index).unclaim(hash);
     }
 
-    /// Whether the write queue has room for `blocks` more blocks.
-    pub fn has_room(&self, blocks: usize) -> bool {
-        let size = (blocks * self.shared.identity.layout.block_bytes()) as u64;
-        get(&self.shared.counters.queued_bytes) + size <= WRITE_QUEUE_BYTES
+    /// How many more blocks the write queue has room for.
+    pub fn room(&self) -> usize {
+        let free = WRITE_QUEUE_BYTES.saturating_sub(get(&self.shared.counters.queued_bytes));
+        (free / self.shared.identity.layout.block_bytes().max(1) as u64) as usize
     }
 
-    /// Queues a claimed block for writing (the caller checked [`KvStore::has_room`], or is
+    /// Queues a claimed block for writing (the caller checked [`KvStore::room`], or is
     /// persisting at shutdown).
     pub fn write(&self, record: BlockRecord) {
         let counters = &self.shared.counters;

@@ -59,7 +59,6 @@ pub(super) fn rebuild(root: &Path, namespace: &str, shared: &Shared) -> io::Resu
                         Err(miss) => {
                             tracing::warn!(path = %path.display(), %miss, "quarantining a damaged KV block");
                             shared.counters.miss(&miss);
-                            lock(&shared.index).insert(path.clone(), meta.len(), used, None);
                             shared.quarantine(&path);
                             continue;
                         }

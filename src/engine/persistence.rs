@@ -52,12 +52,8 @@ impl Persistence {
         if claimed.is_empty() {
             return;
         }
-        let room = (0..=claimed.len())
-            .rev()
-            .find(|&n| self.store.has_room(n))
-            .unwrap_or(0);
         let mut claimed = claimed.into_iter();
-        let now: Vec<FullBlock> = claimed.by_ref().take(room).collect();
+        let now: Vec<FullBlock> = claimed.by_ref().take(self.store.room()).collect();
         let later: Vec<FullBlock> = claimed.collect();
         counters::add(&self.store.counters().deferred, later.len() as u64);
         self.deferred.extend(later);
@@ -78,6 +74,11 @@ impl Persistence {
         scheduler: &Scheduler,
         bounded: bool,
     ) -> usize {
+        let room = if bounded {
+            self.store.room()
+        } else {
+            usize::MAX
+        };
         let mut ready = Vec::new();
         while let Some(block) = self.deferred.front() {
             if !scheduler.holds(block.block, block.hash) {
@@ -87,7 +88,7 @@ impl Persistence {
                 }
                 continue;
             }
-            if bounded && !self.store.has_room(ready.len() + 1) {
+            if ready.len() >= room {
                 break;
             }
             ready.extend(self.deferred.pop_front());

@@ -397,7 +397,7 @@ impl Worker {
     /// Plans and runs one forward step; returns the number of tokens generated.
     fn step(&mut self) -> usize {
         let now = Instant::now();
-        let (step, admitted, refused) = {
+        let (mut step, admitted, refused) = {
             let mut book = self.admission.lock();
             for (&id, live) in &self.live {
                 if !live.ended {
@@ -443,7 +443,7 @@ impl Worker {
             }
         }
         if let Some(persistence) = &mut self.persistence {
-            persistence.offer(step.persist.clone(), &self.cache);
+            persistence.offer(std::mem::take(&mut step.persist), &self.cache);
         }
         for &id in &step.out_of_blocks {
             tracing::warn!(

@@ -151,8 +151,7 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
             "recovery": recovery.summaries(),
             "failures": failures,
         });
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        crate::report::write_json(path, &report)?;
     }
     for failure in &failures {
         println!("FAIL: {failure}");

@@ -111,3 +111,9 @@ impl Recorder {
         table
     }
 }
+
+/// Writes a scenario's results to `path` as pretty JSON.
+pub fn write_json(path: &std::path::Path, results: &impl Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -325,8 +325,7 @@ pub async fn run(args: TiersArgs) -> Result<bool, String> {
             read_mb_per_s,
             passed,
         };
-        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::report::write_json(path, &results)?;
     }
     Ok(passed)
 }
