@@ -133,7 +133,9 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_KV_STORE_MAX_GB", default_value_t = 8.0)]
     pub kv_store_max_gb: f64,
 
-    /// How blocks are written: `lossless` (the pool's dtype) or `f16`.
+    /// How blocks are written: `lossless` (the pool's dtype), `f16`, or MLX's 8-bit or
+    /// 4-bit affine quantization (`q8`, `q4`; groups of 64 values, 32 when the head
+    /// dimension needs it). Each encoding keeps its own blocks.
     #[arg(long, env = "MLX_SERVE_KV_STORE_ENCODING", default_value = "lossless")]
     pub kv_store_encoding: Encoding,
 

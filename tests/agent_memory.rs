@@ -230,6 +230,86 @@ async fn an_agent_comes_back_warm_from_disk_after_a_restart() {
     assert_eq!(cached_tokens(&other_tenant), 0);
 }
 
+/// The largest difference of a chosen token's logprob between `reference` and `other`,
+/// over the tokens before they first part (both greedy).
+fn max_logprob_diff(reference: &Value, other: &Value) -> f64 {
+    let logprobs = |b: &Value| b["choices"][0]["logprobs"].clone();
+    let (reference, other) = (logprobs(reference), logprobs(other));
+    let tokens = |l: &Value| l["tokens"].as_array().cloned().unwrap_or_default();
+    let chosen = |l: &Value| -> Vec<f64> {
+        l["token_logprobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    let agreeing = tokens(&reference)
+        .iter()
+        .zip(&tokens(&other))
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(agreeing > 0, "the first tokens differ: {reference} {other}");
+    chosen(&reference)
+        .iter()
+        .zip(&chosen(&other))
+        .take(agreeing)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The quantized encodings through the real binary: an agent's blocks are written in
+/// MLX's 8- and 4-bit layouts (files the expected size), come back from disk after a
+/// restart, and give logprobs close to the exact KV's. The bounds are several times what
+/// `stress encodings` measured on the reference prompts (q8: 0.031, q4: 0.47 before the
+/// first divergence); a decoding mistake (a wrong scale, bias or bit order) is far off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantized_encodings_restore_smaller_blocks_close_to_the_exact_kv() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let first_turn = ids(1000, 100);
+    let second_turn: Vec<u32> = first_turn.iter().copied().chain(ids(3000, 40)).collect();
+    // The default model's block: 30 layers x 3 KV heads x 16 tokens x 64 values, f32.
+    let elements = 30 * 3 * BLOCK * 64;
+    for (encoding, bits, bound) in [("q8", 8, 0.15), ("q4", 4, 1.5)] {
+        let dir = StoreDir::new(encoding);
+        let mut args = store_args(&dir);
+        args.extend(["--kv-store-encoding", encoding]);
+        let mut served = start(&args);
+        complete(&served, "tenant-one", Some("alice"), &first_turn, 20).await;
+        // The exact KV, from memory.
+        let hot = complete(&served, "tenant-one", None, &second_turn, 8).await;
+        settled_metrics(&served).await;
+        served.signal("TERM");
+        assert_eq!(served.wait(DEADLINE), Some(0));
+        // Keys and values: `bits` per value, and an f32 scale and bias per 64 values.
+        let data = 2 * (elements * bits / 8 + 2 * 4 * elements / 64);
+        let files = dir.files(".safetensors");
+        assert_eq!(files.len(), 7);
+        for file in &files {
+            let len = std::fs::metadata(file).unwrap().len() as usize;
+            assert!(
+                (data..data + 4096).contains(&len),
+                "{encoding}: {len} bytes, {data} of data"
+            );
+        }
+
+        let served = start(&args);
+        let warm = complete(&served, "tenant-one", Some("alice"), &second_turn, 8).await;
+        assert_eq!(cached_tokens(&warm), 6 * BLOCK as u64);
+        let after = metrics(&served).await;
+        assert_eq!(
+            sample(
+                &after,
+                "mlx_serve_prefix_cache_hit_tokens_by_tier_total{tier=\"disk\"}"
+            ),
+            96.0
+        );
+        let diff = max_logprob_diff(&hot, &warm);
+        eprintln!("{encoding}: largest logprob difference {diff:.4}");
+        assert!(diff < bound, "{encoding}: {diff} against the exact KV");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_and_torn_files_are_misses_never_wrong_output() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -291,6 +371,61 @@ async fn damaged_and_torn_files_are_misses_never_wrong_output() {
         1
     );
     assert!(cold["choices"][0]["text"].is_string());
+}
+
+/// A store budget smaller than an agent's context: the least recently used files are
+/// evicted to stay within it, a budget smaller than one block drops (and counts) every
+/// write, a shrunken budget is applied at start-up, and requests are answered as without
+/// a store all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_budget_evicts_and_drops_but_never_fails_a_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = StoreDir::new("budget");
+    let prompt = ids(9000, 100);
+    let longer: Vec<u32> = prompt.iter().copied().chain(ids(9500, 40)).collect();
+    // 0.0015 GiB holds two of the default model's 738 KB block files, not three.
+    let mut args = store_args(&dir);
+    args.extend(["--kv-store-max-gb", "0.0015"]);
+    let mut served = start(&args);
+    complete(&served, "tenant-one", Some("carol"), &prompt, 20).await;
+    // 119 tokens of KV: 7 full blocks written, the 5 oldest evicted again.
+    let written = settled_metrics(&served).await;
+    assert_eq!(
+        sample(&written, "mlx_serve_kv_store_blocks_written_total"),
+        7.0
+    );
+    assert_eq!(
+        sample(&written, "mlx_serve_kv_store_evicted_files_total"),
+        5.0
+    );
+    assert_eq!(sample(&written, "mlx_serve_kv_store_files"), 2.0);
+    assert!(
+        sample(&written, "mlx_serve_kv_store_bytes")
+            <= sample(&written, "mlx_serve_kv_store_budget_bytes")
+    );
+    assert_eq!(dir.files(".safetensors").len(), 2);
+    served.signal("TERM");
+    assert_eq!(served.wait(DEADLINE), Some(0));
+
+    // Less than one block: start-up evicts everything, and every write is dropped.
+    let mut args = store_args(&dir);
+    args.extend(["--kv-store-max-gb", "0.0005"]);
+    let served = start(&args);
+    assert!(dir.files(".safetensors").is_empty());
+    let again = complete(&served, "tenant-one", Some("carol"), &longer, 8).await;
+    assert_eq!(cached_tokens(&again), 0, "start-up evicted every block");
+    let after = settled_metrics(&served).await;
+    // 147 tokens of KV: 9 full blocks, none of which fits.
+    assert_eq!(
+        sample(
+            &after,
+            "mlx_serve_kv_store_writes_dropped_total{reason=\"over_budget\"}"
+        ),
+        9.0
+    );
+    assert!(dir.files(".safetensors").is_empty());
+    let reference = complete(&served, "tenant-two", None, &longer, 8).await;
+    assert_greedy_agrees(&reference, &again);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,18 @@
 //! One block on disk: a safetensors file with the block's keys and values and metadata
 //! that says exactly what they are. Whatever a file holds, [`decode`] either returns a
-//! block that is the one asked for, computed by this model with this layout, with its
-//! bytes intact, or says why not ([`Miss`]); it never panics.
+//! block that is the one asked for, computed by this model with this layout and stored in
+//! this encoding, with its bytes intact, or says why not ([`Miss`]); it never panics.
 //!
-//! Tensors: `keys` and `values`, each `[layers, kv_heads, block_size, head_dim]` in the
-//! stored dtype. Metadata (all strings): `format`, `format_version`, `model_fingerprint`,
-//! `layers`, `kv_heads`, `head_dim`, `block_size`, `pool_dtype`, `encoding`, `group_size`
-//! (0: not quantized), `block_hash`, `parent_hash` (empty for a chain's first block),
-//! `tokens` (comma-separated ids) and `checksum` (`crc32:<hex>` over the keys' then the
-//! values' bytes as stored).
+//! Tensors, for the float encodings: `keys` and `values`, each
+//! `[layers, kv_heads, block_size, head_dim]` in the stored dtype. For the quantized ones
+//! (format version 2), MLX's quantized layout: `keys` as `u32` words
+//! `[layers, kv_heads, block_size, head_dim * bits / 32]` with `keys.scales` and
+//! `keys.biases` `[layers, kv_heads, block_size, head_dim / group_size]` in the pool's
+//! dtype, and the same three for the values. Metadata (all strings): `format`,
+//! `format_version`, `model_fingerprint`, `layers`, `kv_heads`, `head_dim`, `block_size`,
+//! `pool_dtype`, `encoding`, `group_size` (0: not quantized), `block_hash`, `parent_hash`
+//! (empty for a chain's first block), `tokens` (comma-separated ids) and `checksum`
+//! (`crc32:<hex>` over every tensor's bytes as stored, in the order above).
 
 use std::collections::HashMap;
 
@@ -16,14 +20,16 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::layout::{Encoding, KvDtype, KvLayout};
+use super::quantize;
 use crate::engine::block_pool::BlockHash;
 
 /// Written into every file; a file without it is not ours.
 pub const FORMAT: &str = "mlx-serve-kv-block";
-/// The version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this build writes. Version 2 added the quantized encodings; version 1
+/// files (lossless and f16 only) are laid out the same way and still read.
+pub const FORMAT_VERSION: u32 = 2;
 /// Versions this build reads.
-const READABLE_VERSIONS: [u32; 1] = [1];
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// Largest header a block file may have (its token list dominates): a bigger one is
 /// refused before it is parsed.
 pub const MAX_HEADER_BYTES: u64 = 1 << 20;
@@ -99,8 +105,9 @@ fn safetensors_dtype(dtype: KvDtype) -> Dtype {
     }
 }
 
-/// The metadata fields that say whose KV a file holds: all must match to use it.
-fn identity_fields(identity: &StoreIdentity) -> [(&'static str, String); 6] {
+/// The metadata fields that say whose KV a file holds and how it is stored: all must
+/// match to use it.
+fn identity_fields(identity: &StoreIdentity, encoding: Encoding) -> [(&'static str, String); 8] {
     let layout = identity.layout;
     [
         ("model_fingerprint", identity.fingerprint.clone()),
@@ -109,18 +116,91 @@ fn identity_fields(identity: &StoreIdentity) -> [(&'static str, String); 6] {
         ("head_dim", layout.head_dim.to_string()),
         ("block_size", layout.block_size.to_string()),
         ("pool_dtype", layout.dtype.name().to_owned()),
+        ("encoding", encoding.name().to_owned()),
+        ("group_size", group_size(encoding, &layout).to_string()),
     ]
 }
 
-/// Serializes `record` (whose bytes are in the identity's pool dtype) in `encoding`.
+/// The group size `encoding` uses for `layout` (the store checked at open that it has
+/// one; 0 when not quantized).
+fn group_size(encoding: Encoding, layout: &KvLayout) -> usize {
+    encoding.group_size(layout.head_dim).unwrap_or(0)
+}
+
+/// A stored tensor's name, dtype and shape.
+struct Spec {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// The tensors `part` (`keys` or `values`) is stored as: one in the float encodings;
+/// packed words, scales and biases in the quantized ones.
+fn specs(part: &str, layout: &KvLayout, encoding: Encoding) -> Vec<Spec> {
+    let float = safetensors_dtype(encoding.stored_dtype(layout.dtype));
+    let Some(bits) = encoding.bits() else {
+        return vec![Spec {
+            name: part.to_owned(),
+            dtype: float,
+            shape: layout.shape().to_vec(),
+        }];
+    };
+    let [l, h, b, d] = layout.shape();
+    let groups = d / group_size(encoding, layout).max(1);
+    vec![
+        Spec {
+            name: part.to_owned(),
+            dtype: Dtype::U32,
+            shape: vec![l, h, b, d * bits as usize / 32],
+        },
+        Spec {
+            name: format!("{part}.scales"),
+            dtype: float,
+            shape: vec![l, h, b, groups],
+        },
+        Spec {
+            name: format!("{part}.biases"),
+            dtype: float,
+            shape: vec![l, h, b, groups],
+        },
+    ]
+}
+
+/// The bytes of `part`'s tensors (in [`specs`]' order) from `bytes` in the pool's dtype.
+fn encode_part(bytes: &[u8], layout: &KvLayout, encoding: Encoding) -> Vec<Vec<u8>> {
+    let stored = encoding.stored_dtype(layout.dtype);
+    let Some(bits) = encoding.bits() else {
+        return vec![convert(bytes, layout.dtype, stored)];
+    };
+    let q = quantize::quantize(
+        &to_f32(bytes, layout.dtype),
+        group_size(encoding, layout),
+        bits,
+    );
+    vec![
+        q.packed.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        from_f32(&q.scales, stored),
+        from_f32(&q.biases, stored),
+    ]
+}
+
+/// Serializes `record` (whose bytes are in the identity's pool dtype) in `encoding`, which
+/// must be able to store the layout ([`Encoding::group_size`]; [`super::KvStore::open`]
+/// refuses one that cannot).
 pub fn encode(record: &BlockRecord, identity: &StoreIdentity, encoding: Encoding) -> Vec<u8> {
     let layout = identity.layout;
-    let stored = encoding.stored_dtype(layout.dtype);
-    let keys = convert(&record.keys, layout.dtype, stored);
-    let values = convert(&record.values, layout.dtype, stored);
+    let tensors: Vec<(Spec, Vec<u8>)> = [("keys", &record.keys), ("values", &record.values)]
+        .into_iter()
+        .flat_map(|(part, bytes)| {
+            specs(part, &layout, encoding)
+                .into_iter()
+                .zip(encode_part(bytes, &layout, encoding))
+        })
+        .collect();
     let mut checksum = crc32fast::Hasher::new();
-    checksum.update(&keys);
-    checksum.update(&values);
+    for (_, data) in &tensors {
+        checksum.update(data);
+    }
     let tokens: Vec<String> = record.tokens.iter().map(u32::to_string).collect();
     let header = [
         ("format", FORMAT.to_owned()),
@@ -128,10 +208,8 @@ pub fn encode(record: &BlockRecord, identity: &StoreIdentity, encoding: Encoding
     ];
     let metadata: HashMap<String, String> = header
         .into_iter()
-        .chain(identity_fields(identity))
+        .chain(identity_fields(identity, encoding))
         .chain([
-            ("encoding", encoding.name().to_owned()),
-            ("group_size", "0".to_owned()),
             ("block_hash", record.hash.to_hex()),
             (
                 "parent_hash",
@@ -142,23 +220,23 @@ pub fn encode(record: &BlockRecord, identity: &StoreIdentity, encoding: Encoding
         ])
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    let shape = layout.shape().to_vec();
-    let dtype = safetensors_dtype(stored);
-    let views = [("keys", &keys), ("values", &values)].map(|(name, data)| {
-        let view = TensorView::new(dtype, shape.clone(), data)
+    let views = tensors.iter().map(|(spec, data)| {
+        let view = TensorView::new(spec.dtype, spec.shape.clone(), data)
             .unwrap_or_else(|e| unreachable!("shape and data agree by construction: {e}"));
-        (name, view)
+        (spec.name.as_str(), view)
     });
     safetensors::serialize(views, Some(metadata))
-        .unwrap_or_else(|e| unreachable!("two well-formed tensors serialize: {e}"))
+        .unwrap_or_else(|e| unreachable!("well-formed tensors serialize: {e}"))
 }
 
-/// Reads the block file `bytes`, expected to hold the block hashed `expected`, and checks
-/// everything: format and version, model and layout, the hash chain over its tokens, the
-/// tensors' shapes and dtypes, and the checksum. Returns the KV in the pool's dtype.
+/// Reads the block file `bytes`, expected to hold the block hashed `expected` stored in
+/// `encoding`, and checks everything: format and version, model, layout and encoding, the
+/// hash chain over its tokens, the tensors' shapes and dtypes, and the checksum. Returns
+/// the KV in the pool's dtype.
 pub fn decode(
     bytes: &[u8],
     identity: &StoreIdentity,
+    encoding: Encoding,
     expected: BlockHash,
 ) -> Result<BlockRecord, Miss> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| malformed(e.to_string()))?;
@@ -173,7 +251,7 @@ pub fn decode(
     };
     check_format(field("format")?, field("format_version")?)?;
     let layout = identity.layout;
-    for (name, want) in identity_fields(identity) {
+    for (name, want) in identity_fields(identity, encoding) {
         let found = field(name)?;
         if found != want {
             return Err(Miss::Foreign(format!(
@@ -181,7 +259,6 @@ pub fn decode(
             )));
         }
     }
-    let encoding: Encoding = field("encoding")?.parse().map_err(malformed)?;
     let hash = BlockHash::from_hex(field("block_hash")?).ok_or_else(|| malformed("block_hash"))?;
     if hash != expected {
         return Err(malformed("the file holds another block"));
@@ -199,36 +276,61 @@ pub fn decode(
         return Err(malformed("the tokens do not hash to the block's hash"));
     }
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| malformed(e.to_string()))?;
-    let stored = encoding.stored_dtype(layout.dtype);
-    let tensor = |name: &str| -> Result<TensorView<'_>, Miss> {
+    let wanted: Vec<Spec> = ["keys", "values"]
+        .into_iter()
+        .flat_map(|part| specs(part, &layout, encoding))
+        .collect();
+    let mut views = Vec::with_capacity(wanted.len());
+    let mut checksum = crc32fast::Hasher::new();
+    for want in &wanted {
         let view = tensors
-            .tensor(name)
-            .map_err(|_| malformed(format!("no `{name}` tensor")))?;
-        if view.dtype() != safetensors_dtype(stored) || view.shape() != layout.shape() {
+            .tensor(&want.name)
+            .map_err(|_| malformed(format!("no `{}` tensor", want.name)))?;
+        if view.dtype() != want.dtype || view.shape() != want.shape.as_slice() {
             return Err(malformed(format!(
-                "`{name}` is {:?} {:?}, expected {:?} {:?}",
+                "`{}` is {:?} {:?}, expected {:?} {:?}",
+                want.name,
                 view.dtype(),
                 view.shape(),
-                safetensors_dtype(stored),
-                layout.shape()
+                want.dtype,
+                want.shape
             )));
         }
-        Ok(view)
-    };
-    let (keys, values) = (tensor("keys")?, tensor("values")?);
-    let mut checksum = crc32fast::Hasher::new();
-    checksum.update(keys.data());
-    checksum.update(values.data());
+        checksum.update(view.data());
+        views.push(view);
+    }
     if field("checksum")? != format!("crc32:{:08x}", checksum.finalize()) {
         return Err(Miss::Checksum);
     }
+    let (keys, values) = views.split_at(views.len() / 2);
     Ok(BlockRecord {
         hash,
         parent,
         tokens,
-        keys: convert(keys.data(), stored, layout.dtype),
-        values: convert(values.data(), stored, layout.dtype),
+        keys: decode_part(keys, &layout, encoding),
+        values: decode_part(values, &layout, encoding),
     })
+}
+
+/// A part's KV in the pool's dtype from its checked tensors (in [`specs`]' order).
+fn decode_part(views: &[TensorView<'_>], layout: &KvLayout, encoding: Encoding) -> Vec<u8> {
+    let stored = encoding.stored_dtype(layout.dtype);
+    let (Some(bits), [packed, scales, biases]) = (encoding.bits(), views) else {
+        return convert(views[0].data(), stored, layout.dtype);
+    };
+    let q = quantize::Quantized {
+        packed: packed
+            .data()
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        scales: to_f32(scales.data(), stored),
+        biases: to_f32(biases.data(), stored),
+    };
+    from_f32(
+        &quantize::dequantize(&q, group_size(encoding, layout), bits),
+        layout.dtype,
+    )
 }
 
 fn check_format(format: &str, version: &str) -> Result<(), Miss> {
@@ -285,7 +387,12 @@ fn convert(bytes: &[u8], from: KvDtype, to: KvDtype) -> Vec<u8> {
     if from == to {
         return bytes.to_vec();
     }
-    let floats: Vec<f32> = match from {
+    from_f32(&to_f32(bytes, from), to)
+}
+
+/// `bytes` of `dtype` elements (native byte order) as `f32`s.
+fn to_f32(bytes: &[u8], dtype: KvDtype) -> Vec<f32> {
+    match dtype {
         KvDtype::F32 => bytes
             .chunks_exact(4)
             .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
@@ -298,8 +405,12 @@ fn convert(bytes: &[u8], from: KvDtype, to: KvDtype) -> Vec<u8> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_ne_bytes([c[0], c[1]]).to_f32())
             .collect(),
-    };
-    match to {
+    }
+}
+
+/// `floats` as `dtype` elements (native byte order), rounded to nearest.
+fn from_f32(floats: &[f32], dtype: KvDtype) -> Vec<u8> {
+    match dtype {
         KvDtype::F32 => floats.iter().flat_map(|f| f.to_ne_bytes()).collect(),
         KvDtype::F16 => floats
             .iter()
@@ -322,7 +433,7 @@ pub(crate) mod tests {
             layout: KvLayout {
                 layers: 2,
                 kv_heads: 2,
-                head_dim: 4,
+                head_dim: 32,
                 block_size: 4,
                 dtype: KvDtype::F32,
             },
@@ -351,11 +462,17 @@ pub(crate) mod tests {
     fn a_lossless_block_comes_back_bit_for_bit() {
         let block = record(None, &[1, 2, 3, 4]);
         let bytes = encode(&block, &identity(), Encoding::Lossless);
-        assert_eq!(decode(&bytes, &identity(), block.hash), Ok(block.clone()));
+        assert_eq!(
+            decode(&bytes, &identity(), Encoding::Lossless, block.hash),
+            Ok(block.clone())
+        );
         check_header(&bytes, bytes.len() as u64, block.hash).unwrap();
         let child = record(Some(block.hash), &[5, 6, 7, 8]);
         let bytes = encode(&child, &identity(), Encoding::Lossless);
-        assert_eq!(decode(&bytes, &identity(), child.hash), Ok(child));
+        assert_eq!(
+            decode(&bytes, &identity(), Encoding::Lossless, child.hash),
+            Ok(child)
+        );
     }
 
     #[test]
@@ -370,7 +487,7 @@ pub(crate) mod tests {
             (4 * elements..4 * elements + 16).contains(&saved),
             "{saved}"
         );
-        let back = decode(&half, &identity(), block.hash).unwrap();
+        let back = decode(&half, &identity(), Encoding::F16, block.hash).unwrap();
         // The test values are multiples of 0.25 below 64: exact in f16.
         assert_eq!(back, block);
     }
@@ -384,12 +501,13 @@ pub(crate) mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0x10;
         assert_eq!(
-            decode(&flipped, &identity(), block.hash),
+            decode(&flipped, &identity(), Encoding::Lossless, block.hash),
             Err(Miss::Checksum)
         );
         // Torn: cut anywhere.
         for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
-            let miss = decode(&bytes[..cut], &identity(), block.hash).unwrap_err();
+            let miss =
+                decode(&bytes[..cut], &identity(), Encoding::Lossless, block.hash).unwrap_err();
             assert!(miss.is_damage(), "{cut}: {miss:?}");
             let miss = check_header(&bytes[..cut], cut as u64, block.hash).unwrap_err();
             assert!(miss.is_damage(), "{cut}: {miss:?}");
@@ -398,25 +516,95 @@ pub(crate) mod tests {
         let mut other = identity();
         other.fingerprint = "sha256:other".to_owned();
         assert!(matches!(
-            decode(&bytes, &other, block.hash),
+            decode(&bytes, &other, Encoding::Lossless, block.hash),
             Err(Miss::Foreign(_))
         ));
         let mut other = identity();
         other.layout.dtype = KvDtype::F16;
         assert!(matches!(
-            decode(&bytes, &other, block.hash),
+            decode(&bytes, &other, Encoding::Lossless, block.hash),
             Err(Miss::Foreign(_))
         ));
         // Asked for another block.
         let other_hash = BlockHash::chain(None, &[9, 9, 9, 9]);
         assert!(
-            decode(&bytes, &identity(), other_hash)
+            decode(&bytes, &identity(), Encoding::Lossless, other_hash)
                 .unwrap_err()
                 .is_damage()
         );
         assert!(check_header(&bytes, bytes.len() as u64, other_hash).is_err());
         // Garbage.
-        assert!(decode(b"not a safetensors file", &identity(), block.hash).is_err());
+        assert!(
+            decode(
+                b"not a safetensors file",
+                &identity(),
+                Encoding::Lossless,
+                block.hash
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn quantized_blocks_come_back_within_a_step_and_smaller() {
+        let block = record(None, &[1, 2, 3, 4]);
+        let lossless = encode(&block, &identity(), Encoding::Lossless).len();
+        let floats = |bytes: &[u8]| to_f32(bytes, KvDtype::F32);
+        let elements = identity().layout.elements();
+        let header = lossless - 2 * 4 * elements;
+        for encoding in [Encoding::Q8, Encoding::Q4] {
+            let bytes = encode(&block, &identity(), encoding);
+            // Keys and values: `bits` per value plus an f32 scale and bias per group of 32
+            // (the header grows by four tensor entries).
+            let bits = encoding.bits().unwrap() as usize;
+            let data = 2 * (elements * bits / 8 + 2 * 4 * elements / 32);
+            assert!(
+                (header + data..header + data + 400).contains(&bytes.len()),
+                "{encoding}: {} bytes, {data} of data",
+                bytes.len()
+            );
+            check_header(&bytes, bytes.len() as u64, block.hash).unwrap();
+            let back = decode(&bytes, &identity(), encoding, block.hash).unwrap();
+            assert_eq!((back.hash, back.parent), (block.hash, block.parent));
+            assert_eq!(back.tokens, block.tokens);
+            let levels = ((1u32 << encoding.bits().unwrap()) - 1) as f32;
+            for (original, restored) in [(&block.keys, &back.keys), (&block.values, &back.values)] {
+                let (original, restored) = (floats(original), floats(restored));
+                assert_eq!(original.len(), restored.len());
+                for (group, back) in original.chunks(32).zip(restored.chunks(32)) {
+                    let (lo, hi) = group
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                    let step = (hi - lo) / levels;
+                    for (v, b) in group.iter().zip(back) {
+                        assert!((v - b).abs() <= step + 1e-4, "{encoding}: {v} {b}");
+                    }
+                }
+            }
+            // Another encoding of the same block is not this store's.
+            assert!(matches!(
+                decode(&bytes, &identity(), Encoding::Lossless, block.hash),
+                Err(Miss::Foreign(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn version_1_files_still_read() {
+        let block = record(None, &[1, 2, 3, 4]);
+        for encoding in [Encoding::Lossless, Encoding::F16] {
+            let bytes = encode(&block, &identity(), encoding);
+            let old = bytes_replace(
+                &bytes,
+                b"\"format_version\":\"2\"",
+                b"\"format_version\":\"1\"",
+            );
+            let back = decode(&old, &identity(), encoding, block.hash).unwrap();
+            assert_eq!(
+                back,
+                decode(&bytes, &identity(), encoding, block.hash).unwrap()
+            );
+        }
     }
 
     #[test]
@@ -425,11 +613,11 @@ pub(crate) mod tests {
         let bytes = encode(&block, &identity(), Encoding::Lossless);
         // Same length, so the header length prefix stays right.
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let needle = "\"format_version\":\"1\"";
+        let needle = "\"format_version\":\"2\"";
         assert!(text.contains(needle));
         let future = bytes_replace(&bytes, needle.as_bytes(), b"\"format_version\":\"9\"");
         assert_eq!(
-            decode(&future, &identity(), block.hash),
+            decode(&future, &identity(), Encoding::Lossless, block.hash),
             Err(Miss::Version("9".to_owned()))
         );
         assert_eq!(
@@ -455,7 +643,7 @@ pub(crate) mod tests {
         let bytes = encode(&block, &identity(), Encoding::Lossless);
         let tampered = bytes_replace(&bytes, b"\"1,2,3,4\"", b"\"1,2,3,5\"");
         assert!(matches!(
-            decode(&tampered, &identity(), block.hash),
+            decode(&tampered, &identity(), Encoding::Lossless, block.hash),
             Err(Miss::Malformed(_))
         ));
     }

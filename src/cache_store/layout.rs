@@ -82,22 +82,61 @@ pub enum Encoding {
     Lossless,
     /// IEEE half precision (lossless when the pool is already f16).
     F16,
+    /// 8-bit affine quantization in MLX's layout ([`quantize`](super::quantize)).
+    Q8,
+    /// 4-bit affine quantization in MLX's layout.
+    Q4,
 }
 
 impl Encoding {
+    pub const ALL: [Encoding; 4] = [
+        Encoding::Lossless,
+        Encoding::F16,
+        Encoding::Q8,
+        Encoding::Q4,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Lossless => "lossless",
             Encoding::F16 => "f16",
+            Encoding::Q8 => "q8",
+            Encoding::Q4 => "q4",
         }
     }
 
-    /// The dtype blocks are stored in for a pool of `pool` dtype.
+    /// Bits per quantized value; `None` for the float encodings.
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            Encoding::Lossless | Encoding::F16 => None,
+            Encoding::Q8 => Some(8),
+            Encoding::Q4 => Some(4),
+        }
+    }
+
+    /// The dtype of the stored float tensors for a pool of `pool` dtype: the values
+    /// themselves, or a quantized encoding's scales and biases (kept in the pool's dtype,
+    /// as MLX does).
     pub fn stored_dtype(self, pool: KvDtype) -> KvDtype {
         match self {
-            Encoding::Lossless => pool,
             Encoding::F16 => KvDtype::F16,
+            Encoding::Lossless | Encoding::Q8 | Encoding::Q4 => pool,
         }
+    }
+
+    /// The quantization group size for rows of `head_dim` values (0 for the float
+    /// encodings), or why this encoding cannot store them.
+    pub fn group_size(self, head_dim: usize) -> Result<usize, String> {
+        if self.bits().is_none() {
+            return Ok(0);
+        }
+        super::quantize::group_size_for(head_dim).ok_or_else(|| {
+            format!(
+                "--kv-store-encoding {self} quantizes groups of {:?} values, which do not \
+                 divide this model's head dimension {head_dim}; use lossless or f16",
+                super::quantize::GROUP_SIZES
+            )
+        })
     }
 }
 
@@ -111,23 +150,26 @@ impl FromStr for Encoding {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "lossless" => Ok(Encoding::Lossless),
-            "f16" => Ok(Encoding::F16),
-            other => Err(format!(
-                "unknown KV store encoding `{other}`; expected `lossless` or `f16`"
-            )),
-        }
+        Encoding::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                format!("unknown KV store encoding `{s}`; expected lossless, f16, q8 or q4")
+            })
     }
 }
 
 /// The folder name of a model's blocks: 16 hex digits of SHA-256 over its weights
-/// fingerprint and KV layout. Files carry both in full; the folder only keeps models apart.
-pub fn namespace(fingerprint: &str, layout: &KvLayout) -> String {
+/// fingerprint, KV layout and storage encoding. Files carry all three in full; the folder
+/// keeps models apart, and keeps a server that stores losslessly from reading blocks
+/// another configuration quantized.
+pub fn namespace(fingerprint: &str, layout: &KvLayout, encoding: Encoding) -> String {
     let mut hasher = Sha256::new();
     hasher.update(fingerprint.as_bytes());
     hasher.update(b"\n");
     hasher.update(layout.describe().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(encoding.name().as_bytes());
     hasher.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -150,18 +192,23 @@ mod tests {
 
     #[test]
     fn namespaces_separate_models_and_layouts() {
-        let a = namespace("sha256:aa", &layout(16));
+        let a = namespace("sha256:aa", &layout(16), Encoding::Lossless);
         assert_eq!(a.len(), 16);
-        assert_eq!(a, namespace("sha256:aa", &layout(16)));
-        assert_ne!(a, namespace("sha256:ab", &layout(16)));
-        assert_ne!(a, namespace("sha256:aa", &layout(32)));
+        assert_eq!(a, namespace("sha256:aa", &layout(16), Encoding::Lossless));
+        assert_ne!(a, namespace("sha256:ab", &layout(16), Encoding::Lossless));
+        assert_ne!(a, namespace("sha256:aa", &layout(32), Encoding::Lossless));
+        assert_ne!(a, namespace("sha256:aa", &layout(16), Encoding::Q4));
     }
 
     #[test]
     fn encodings_parse_by_name() {
-        for encoding in [Encoding::Lossless, Encoding::F16] {
+        for encoding in Encoding::ALL {
             assert_eq!(encoding.name().parse::<Encoding>(), Ok(encoding));
         }
+        assert_eq!(Encoding::Q4.group_size(64), Ok(64));
+        assert_eq!(Encoding::Q8.group_size(96), Ok(32));
+        assert_eq!(Encoding::F16.group_size(80), Ok(0));
+        assert!(Encoding::Q4.group_size(80).unwrap_err().contains("80"));
         assert!("q3".parse::<Encoding>().unwrap_err().contains("q3"));
         assert_eq!(layout(16).block_bytes(), 2 * 2 * 3 * 16 * 4 * 4);
     }

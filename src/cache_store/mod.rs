@@ -2,7 +2,7 @@
 //! and restarts. Pure Rust (no MLX): the engine hands over and takes back plain bytes.
 //!
 //! - **Content addressed.** A block file is named by the chained block hash the pool uses
-//!   (stable across runs), inside a folder per model fingerprint and KV layout:
+//!   (stable across runs), inside a folder per model fingerprint, KV layout and encoding:
 //!   `<root>/v1/<namespace>/<hh>/<hash>.safetensors` (one file per block; see
 //!   docs/agent-memory.md for why). Agents that share a prefix share its files.
 //! - **Never blocks the engine.** Writes go to a writer thread through a queue bounded in
@@ -21,6 +21,7 @@ mod durable;
 mod index;
 pub mod layout;
 pub mod manifest;
+pub mod quantize;
 mod scan;
 
 use std::fs;
@@ -165,8 +166,14 @@ impl KvStore {
     /// Opens (creating) the store for `identity` under `config.root`: removes leftover
     /// temporaries, indexes every block file, quarantines this model's files whose header
     /// is damaged, evicts down to the budget, and starts the writer and reader threads.
+    /// Fails when the folder cannot be made or read, or the encoding cannot store this
+    /// layout (a quantized one whose groups do not divide the head dimension).
     pub fn open(config: StoreConfig, identity: StoreIdentity) -> io::Result<KvStore> {
-        let namespace = layout::namespace(&identity.fingerprint, &identity.layout);
+        config
+            .encoding
+            .group_size(identity.layout.head_dim)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let namespace = layout::namespace(&identity.fingerprint, &identity.layout, config.encoding);
         let dir = config.root.join("v1").join(&namespace);
         let quarantine = config.root.join("quarantine");
         fs::create_dir_all(&dir)?;
@@ -456,13 +463,14 @@ impl Shared {
                 return Err(Miss::Absent);
             }
         };
-        let result = block_file::decode(&bytes, &self.identity, want.hash).and_then(|record| {
-            if record.tokens == want.tokens && record.parent == want.parent {
-                Ok(record)
-            } else {
-                Err(Miss::Malformed("the file holds other tokens".to_owned()))
-            }
-        });
+        let result = block_file::decode(&bytes, &self.identity, self.config.encoding, want.hash)
+            .and_then(|record| {
+                if record.tokens == want.tokens && record.parent == want.parent {
+                    Ok(record)
+                } else {
+                    Err(Miss::Malformed("the file holds other tokens".to_owned()))
+                }
+            });
         match &result {
             Ok(_) => {
                 let now = now_nanos();

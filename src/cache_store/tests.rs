@@ -104,6 +104,35 @@ fn blocks_survive_a_restart_and_come_back_verified() {
 }
 
 #[test]
+fn each_encoding_keeps_its_own_blocks() {
+    let dir = TempDir::new("encodings");
+    let blocks = chain(2);
+    let with = |encoding| StoreConfig {
+        encoding,
+        ..config(&dir.0, 1 << 30)
+    };
+    {
+        let store = KvStore::open(with(Encoding::Q4), identity()).unwrap();
+        write_all(&store, &blocks);
+        let outcome = read(&store, wants(&blocks));
+        assert_eq!(outcome.miss, None);
+        assert_eq!(hashes(&outcome.records), hashes(&blocks));
+        assert_ne!(outcome.records, blocks, "q4 is lossy");
+    }
+    // A lossless store in the same folder never reads the quantized blocks.
+    let store = KvStore::open(with(Encoding::Lossless), identity()).unwrap();
+    assert_eq!(store.stored().leading_run(&hashes(&blocks)), 0);
+    let store = KvStore::open(with(Encoding::Q4), identity()).unwrap();
+    assert_eq!(store.stored().leading_run(&hashes(&blocks)), 2);
+    // A head dimension no quantization group divides is refused up front.
+    let mut odd = identity();
+    odd.layout.head_dim = 40;
+    let error = KvStore::open(with(Encoding::Q8), odd).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("40"), "{error}");
+}
+
+#[test]
 fn damaged_files_are_counted_misses_and_go_to_quarantine() {
     let dir = TempDir::new("damage");
     let blocks = chain(3);

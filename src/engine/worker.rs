@@ -204,11 +204,15 @@ impl Worker {
                     },
                 };
                 let store = KvStore::open(store_config.clone(), identity).map_err(|e| {
-                    ModelError::KvCache(format!(
-                        "cannot open the KV store in {}: {e} (set --kv-store-dir to a \
-                         writable folder)",
-                        store_config.root.display()
-                    ))
+                    ModelError::KvCache(if e.kind() == std::io::ErrorKind::InvalidInput {
+                        e.to_string()
+                    } else {
+                        format!(
+                            "cannot open the KV store in {}: {e} (set --kv-store-dir to a \
+                             writable folder)",
+                            store_config.root.display()
+                        )
+                    })
                 })?;
                 Some(Arc::new(store))
             }

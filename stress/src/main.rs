@@ -10,11 +10,15 @@
 //! - `tiers`: one agent's time to first token cold, hot (pool) and warm (disk, after a
 //!   restart of the server, which the scenario starts itself), at several prompt lengths;
 //!   the warm one must be a given factor faster than the cold one.
+//! - `encodings`: the quality (greedy agreement, logprob differences), size and speed of
+//!   each KV store encoding after a restore, against the lossless one.
 //! - `turns`: many agents take turns re-sending growing contexts over a pool that holds
 //!   only some of them; the share of prompt tokens served from cache must reach a bound.
 
+mod encodings;
 mod flood;
 mod report;
+mod server;
 mod tiers;
 mod turns;
 
@@ -36,6 +40,8 @@ enum Scenario {
     Tiers(tiers::TiersArgs),
     /// Agents taking turns with growing contexts: the share of prompt tokens from cache.
     Turns(turns::TurnsArgs),
+    /// Quality, size and speed of each KV store encoding after a restore.
+    Encodings(encodings::EncodingsArgs),
 }
 
 #[tokio::main]
@@ -45,6 +51,7 @@ async fn main() {
         Scenario::Flood(args) => flood::run(args).await,
         Scenario::Tiers(args) => tiers::run(args).await,
         Scenario::Turns(args) => turns::run(args).await,
+        Scenario::Encodings(args) => encodings::run(args).await,
     };
     match passed {
         Ok(true) => {}

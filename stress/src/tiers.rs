@@ -7,14 +7,14 @@
 //! one, and every warm request reports as cached every full block of its prompt but the
 //! last token's.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::server::{Server, metric};
 
 #[derive(Debug, Clone, Args)]
 pub struct TiersArgs {
@@ -73,66 +73,16 @@ struct Results {
     passed: bool,
 }
 
-/// A running server.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(args: &TiersArgs) -> Result<Server, String> {
-        let mut command = Command::new(&args.binary);
-        command
-            .args(["serve", "--port", &args.port.to_string()])
-            .args(["--kv-cache-mb", &args.kv_cache_mb.to_string()])
-            .arg("--kv-store-dir")
-            .arg(&args.store_dir)
-            .args(args.serve_args.split_whitespace())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", args.binary.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ready:") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(300))
-            .map_err(|_| "the server did not get ready within 300 s".to_owned())?;
-        Ok(Server { child })
-    }
-
-    /// SIGTERM (drain, persist hot blocks, exit) and wait.
-    fn stop(mut self) -> Result<(), String> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .map_err(|e| format!("cannot run kill: {e}"))?;
-        if !status.success() {
-            return Err("kill -TERM failed".to_owned());
-        }
-        let exit = self
-            .child
-            .wait()
-            .map_err(|e| format!("waiting for the server: {e}"))?;
-        if exit.success() {
-            Ok(())
-        } else {
-            Err(format!("the server exited with {exit}"))
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server with the scenario's store folder and pool.
+fn start(args: &TiersArgs) -> Result<Server, String> {
+    let mut serve_args = vec![
+        "--kv-cache-mb".to_owned(),
+        args.kv_cache_mb.to_string(),
+        "--kv-store-dir".to_owned(),
+        args.store_dir.display().to_string(),
+    ];
+    serve_args.extend(args.serve_args.split_whitespace().map(str::to_owned));
+    Server::start(&args.binary, args.port, &serve_args)
 }
 
 /// A prompt of `len` token ids, different from every other (`seed`) from its first token.
@@ -145,30 +95,16 @@ fn prompt(seed: usize, len: usize) -> Vec<u32> {
 /// One request's time and the prompt tokens it reported as cached.
 async fn time_request(
     client: &reqwest::Client,
+    server: &Server,
     args: &TiersArgs,
     agent: &str,
     prompt: &[u32],
 ) -> Result<(f64, u64), String> {
     let started = Instant::now();
-    let response = client
-        .post(format!("http://127.0.0.1:{}/v1/completions", args.port))
-        .header("x-agent-id", agent)
-        .json(
-            &json!({"model": args.model, "prompt": prompt, "max_tokens": 1,
-                      "temperature": 0}),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("bad response: {e}"))?;
+    let request = json!({"model": args.model, "prompt": prompt, "max_tokens": 1,
+                         "temperature": 0});
+    let body = server.complete(client, agent, &request).await?;
     let elapsed = started.elapsed().as_secs_f64() * 1e3;
-    if !status.is_success() {
-        return Err(format!("{status}: {body}"));
-    }
     let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
         .unwrap_or(0);
@@ -178,24 +114,6 @@ async fn time_request(
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-async fn scrape(client: &reqwest::Client, args: &TiersArgs) -> Result<String, String> {
-    client
-        .get(format!("http://127.0.0.1:{}/metrics", args.port))
-        .send()
-        .await
-        .map_err(|e| format!("metrics: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("metrics: {e}"))
-}
-
-/// The value of the sample named exactly `name` (no labels) in a Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Runs the scenario; `Ok(false)` when the pass criterion failed.
@@ -218,31 +136,25 @@ pub async fn run(args: TiersArgs) -> Result<bool, String> {
     let mut warm_cached = vec![0; args.tokens.len()];
     let position = |len: usize| args.tokens.iter().position(|&t| t == len).unwrap_or(0);
 
-    let server = Server::start(&args)?;
+    let server = start(&args)?;
     for (seed, &(len, rep)) in cases.iter().enumerate() {
         let tokens = prompt(seed, len);
-        let (ms, _) = time_request(&client, &args, &agent(len, rep), &tokens).await?;
+        let (ms, _) = time_request(&client, &server, &args, &agent(len, rep), &tokens).await?;
         cold[position(len)].push(ms);
-        let (ms, cached) = time_request(&client, &args, &agent(len, rep), &tokens).await?;
+        let (ms, cached) = time_request(&client, &server, &args, &agent(len, rep), &tokens).await?;
         hot[position(len)].push(ms);
         hot_cached[position(len)] = cached;
         eprintln!("{len} tokens, prompt {rep}: cold and hot done");
     }
     // Written behind the requests: wait for the writer before reading its rate.
-    let first_metrics = loop {
-        let text = scrape(&client, &args).await?;
-        if metric(&text, "mlx_serve_kv_store_write_queue_blocks") == 0.0 {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first_metrics = server.settled_metrics(&client).await?;
     server.stop()?;
 
-    let server = Server::start(&args)?;
+    let server = start(&args)?;
     let mut warm_ok = true;
     for (seed, &(len, rep)) in cases.iter().enumerate() {
         let tokens = prompt(seed, len);
-        let (ms, cached) = time_request(&client, &args, &agent(len, rep), &tokens).await?;
+        let (ms, cached) = time_request(&client, &server, &args, &agent(len, rep), &tokens).await?;
         warm[position(len)].push(ms);
         warm_cached[position(len)] = cached;
         // Every full block but the one holding the last token comes from disk.
@@ -252,7 +164,7 @@ pub async fn run(args: TiersArgs) -> Result<bool, String> {
             warm_ok = false;
         }
     }
-    let metrics = scrape(&client, &args).await?;
+    let metrics = server.scrape(&client).await?;
     server.stop()?;
     let _ = std::fs::remove_dir_all(&args.store_dir);
 
