@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup build run test lint bench reference
+.PHONY: setup build run test lint bench reference stress soak
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,14 @@ bench: setup
 	scripts/bench_model.sh
 	$(CARGO) bench --bench latency_layer
 	$(CARGO) bench --bench sampling
+
+# The stress and fault suite at full size (stress/README.md; about 20 minutes), and the
+# one-hour soak (SECONDS=... for another length).
+stress: setup
+	@scripts/stress.sh
+
+soak: setup
+	@scripts/stress.sh soak $(SECONDS)
 
 # Regenerates tests/fixtures/*_reference.json with the Python reference pipeline (mlx-lm 0.32
 # on the GGUF converted to a float32 HF folder, and on tiny formula-weight models). Needs PyPI

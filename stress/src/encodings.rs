@@ -16,7 +16,6 @@
 //! at near-ties (top-2 margin < 0.02).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
@@ -312,10 +311,7 @@ fn row(encoding: &str, reference: &[Completion], run: &Run) -> Row {
 /// Runs the scenario; `Ok(false)` when the pass criterion failed.
 pub async fn run(args: EncodingsArgs) -> Result<bool, String> {
     let cases = load_cases(&args.fixture)?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let client = crate::report::http_client(600)?;
     let mut passed = true;
     let mut runs = Vec::new();
     let encodings: Vec<String> = std::iter::once("lossless".to_owned())

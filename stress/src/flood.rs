@@ -153,12 +153,7 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
         });
         crate::report::write_json(path, &report)?;
     }
-    for failure in &failures {
-        println!("FAIL: {failure}");
-    }
-    if failures.is_empty() {
-        println!("PASS");
-    }
+    crate::report::verdict(&failures);
     Ok(failures.is_empty())
 }
 

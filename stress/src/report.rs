@@ -16,6 +16,8 @@ pub enum Outcome {
     Timeout,
     /// The connection failed or broke before a response.
     ConnectionError,
+    /// A 200 stream that carried an error event (its code) or ended without `[DONE]`.
+    StreamError(String),
 }
 
 impl Outcome {
@@ -25,6 +27,7 @@ impl Outcome {
             Outcome::Status(status, Some(code)) => format!("{status} {code}"),
             Outcome::Timeout => "timeout".to_owned(),
             Outcome::ConnectionError => "connection_error".to_owned(),
+            Outcome::StreamError(code) => format!("stream_error {code}"),
         }
     }
 }
@@ -116,4 +119,24 @@ impl Recorder {
 pub fn write_json(path: &std::path::Path, results: &impl Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The HTTP client of a scenario: `timeout_secs` for each whole request (a time-out is a
+/// failure).
+pub fn http_client(timeout_secs: u64) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_secs))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Prints a `FAIL: ...` line per failed criterion, or `PASS`; whether it passed.
+pub fn verdict(failures: &[String]) -> bool {
+    for failure in failures {
+        println!("FAIL: {failure}");
+    }
+    if failures.is_empty() {
+        println!("PASS");
+    }
+    failures.is_empty()
 }

@@ -42,23 +42,33 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// SIGTERM (drain, persist hot blocks, exit) and wait for a clean exit.
-    pub fn stop(mut self) -> Result<(), String> {
+    /// Sends the signal `name` (`TERM`, `KILL`, ...).
+    pub fn signal(&self, name: &str) -> Result<(), String> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .map_err(|e| format!("cannot run kill: {e}"))?;
-        if !status.success() {
-            return Err("kill -TERM failed".to_owned());
-        }
-        let exit = self
-            .child
-            .wait()
-            .map_err(|e| format!("waiting for the server: {e}"))?;
-        if exit.success() {
+        if status.success() {
             Ok(())
         } else {
-            Err(format!("the server exited with {exit}"))
+            Err(format!("kill -{name} failed"))
+        }
+    }
+
+    /// Waits for the process to end; its exit code (`None`: killed by a signal).
+    pub fn wait(&mut self) -> Result<Option<i32>, String> {
+        self.child
+            .wait()
+            .map(|status| status.code())
+            .map_err(|e| format!("waiting for the server: {e}"))
+    }
+
+    /// SIGTERM (drain, persist hot blocks, exit) and wait for a clean exit.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.signal("TERM")?;
+        match self.wait()? {
+            Some(0) => Ok(()),
+            code => Err(format!("the server exited with {code:?}")),
         }
     }
 

@@ -8,7 +8,7 @@
 //! last token's.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
@@ -119,10 +119,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// Runs the scenario; `Ok(false)` when the pass criterion failed.
 pub async fn run(args: TiersArgs) -> Result<bool, String> {
     let _ = std::fs::remove_dir_all(&args.store_dir);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let client = crate::report::http_client(600)?;
     let cases: Vec<(usize, usize)> = args
         .tokens
         .iter()

@@ -6,7 +6,7 @@
 //! criterion: the overall share is at least `--min-cached-share`, and every request
 //! succeeded.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
@@ -78,10 +78,7 @@ fn tokens(stream: usize, offset: usize, len: usize) -> Vec<u32> {
 
 /// Runs the scenario; `Ok(false)` when a pass criterion failed.
 pub async fn run(args: TurnsArgs) -> Result<bool, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let client = crate::report::http_client(600)?;
     let url = format!("{}/v1/completions", args.url.trim_end_matches('/'));
     let system = tokens(0, 0, args.system_tokens);
     let mut contexts: Vec<Vec<u32>> = (0..args.agents)
