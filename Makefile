@@ -29,7 +29,7 @@ bench: setup
 	$(CARGO) bench --bench latency_layer
 	$(CARGO) bench --bench sampling
 
-# The stress and fault suite at full size (stress/README.md; about 20 minutes), and the
+# The stress and fault suite at full size (stress/README.md; about an hour on 2 cores), and the
 # one-hour soak (SECONDS=... for another length).
 stress: setup
 	@scripts/stress.sh
