@@ -1,7 +1,7 @@
 //! The load engine the long-running scenarios share: sending one request the way a client
 //! does and timing it (time to first token, the gaps between tokens, end to end), and
 //! driving many of them in a closed loop (N workers, each sending its next request when
-//! its last one ends) or an open loop (Poisson arrivals at a fixed rate, whatever the
+//! its last one ends, or when a refusal's `Retry-After` has passed) or an open loop (Poisson arrivals at a fixed rate, whatever the
 //! server's pace). Every request that was started is in the statistics: errors, time-outs
 //! and broken streams included.
 
@@ -67,6 +67,8 @@ pub struct Sent {
     pub detail: Option<String>,
     /// The generated text (multi-turn agents append it to their context).
     pub text: String,
+    /// A refusal's `Retry-After` (429, 503): how long a well-behaved client waits.
+    pub retry_after: Option<Duration>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -320,6 +322,7 @@ pub async fn send(
         cached_tokens: 0,
         detail: None,
         text: String::new(),
+        retry_after: None,
     };
     let failed = |mut sent: Sent, error: reqwest::Error| {
         sent.outcome = if error.is_timeout() {
@@ -340,7 +343,14 @@ pub async fn send(
     };
     let status = response.status().as_u16();
     if status != 200 || !workload.stream {
-        let retry_after = response.headers().contains_key("retry-after");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if matches!(status, 429 | 503) {
+            // Without a usable header, one second.
+            sent.retry_after = Some(Duration::from_secs(retry_after.unwrap_or(1).min(30)));
+        }
         let text = match response.text().await {
             Ok(text) => text,
             Err(error) => return failed(sent, error),
@@ -356,7 +366,7 @@ pub async fn send(
             sent.detail = body["choices"][0]["finish_reason"]
                 .as_str()
                 .map(|r| format!("finish_reason={r}"));
-        } else if status == 429 && !retry_after {
+        } else if status == 429 && retry_after.is_none() {
             sent.detail = Some("no retry-after".to_owned());
         }
         return sent;
@@ -469,7 +479,12 @@ pub async fn drive(
                         }
                         let request = next(index);
                         let sent = send(&client, &workload, &request, started.elapsed()).await;
+                        let wait = sent.retry_after;
                         let _ = results.send(sent);
+                        // A refused client waits as told before it asks again.
+                        if let Some(wait) = wait {
+                            tokio::time::sleep(wait).await;
+                        }
                     }
                 }));
             }
