@@ -146,28 +146,16 @@ pub async fn run(args: CrashArgs) -> Result<bool, String> {
     }
     let after = server.scrape(&client).await?;
     let misses = |reason: &str| {
-        after
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "mlx_serve_kv_store_misses_total{{reason=\"{reason}\"}} "
-                ))?
-                .trim()
-                .parse::<f64>()
-                .ok()
-            })
-            .unwrap_or(0.0)
+        metric(
+            &after,
+            &format!("mlx_serve_kv_store_misses_total{{reason=\"{reason}\"}}"),
+        )
     };
     let quarantined = metric(&after, "mlx_serve_kv_store_quarantined_files_total");
-    let disk_tokens = after
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("mlx_serve_prefix_cache_hit_tokens_by_tier_total{tier=\"disk\"} ")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0);
+    let disk_tokens = metric(
+        &after,
+        "mlx_serve_prefix_cache_hit_tokens_by_tier_total{tier=\"disk\"}",
+    );
     server.stop()?;
     let _ = std::fs::remove_dir_all(&args.store_dir);
     if quarantined > 0.0 {

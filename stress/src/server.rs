@@ -131,8 +131,8 @@ impl Drop for Server {
     }
 }
 
-/// The value of the sample named exactly `name` (no labels) in a Prometheus text; 0 when
-/// absent.
+/// The value of the sample written exactly `name` (with its labels, if any, e.g.
+/// `x_total{reason="a"}`) in a Prometheus text; 0 when absent.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
