@@ -181,6 +181,17 @@ impl LoadStats {
         self.outcomes.count(&Outcome::Status(200, None))
     }
 
+    /// The end-to-end percentiles of the successful requests of several windows together
+    /// (a window of a few minutes holds too few requests for a steady p95).
+    pub fn e2e_over(windows: &[LoadStats]) -> Percentiles {
+        let mut all = histogram();
+        for window in windows {
+            all.add(&window.e2e)
+                .expect("histograms with the same bounds add");
+        }
+        Percentiles::of(&all)
+    }
+
     pub fn summary(&self) -> LoadSummary {
         let requests = self.outcomes.total();
         let seconds = self

@@ -4,8 +4,9 @@
 //! of send time. Pass criteria, after `--warmup-secs`:
 //! - RSS growth under `--max-rss-growth` (the largest sample after warm-up against the
 //!   first one at or after it);
-//! - the last window's end-to-end p95 within `--max-p95-drift` of the first window's
-//!   after warm-up;
+//! - the end-to-end p95 of the last `--compare-secs` within `--max-p95-drift` of the p95
+//!   of the first `--compare-secs` after warm-up (spans of several windows, so that each
+//!   p95 rests on enough requests: 180 at the defaults);
 //! - failed requests (anything but a whole 200) under `--max-error-rate` of all requests.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::load::{self, Endpoint, LoadStats, LoadSummary, Pace, Request, Workload};
+use crate::load::{self, Endpoint, LoadStats, LoadSummary, Pace, Percentiles, Request, Workload};
 use crate::process::{ProcessSampler, Sample};
 
 #[derive(Debug, Clone, Args)]
@@ -59,8 +60,12 @@ pub struct SoakArgs {
     /// Largest acceptable RSS growth after warm-up (a fraction).
     #[arg(long, default_value_t = 0.05)]
     max_rss_growth: f64,
-    /// Largest acceptable change of the end-to-end p95, last window against the first
-    /// after warm-up (a fraction).
+    /// Length of the early span (right after warm-up) and of the late span (the end of the
+    /// run) whose end-to-end p95s are compared, in seconds; rounded up to whole windows.
+    #[arg(long, default_value_t = 900)]
+    compare_secs: u64,
+    /// Largest acceptable change of the end-to-end p95, late span against early span
+    /// (a fraction).
     #[arg(long, default_value_t = 0.20)]
     max_p95_drift: f64,
     /// Largest acceptable share of failed requests.
@@ -84,6 +89,8 @@ struct Results {
     requests: u64,
     failed: u64,
     rss_growth: f64,
+    early_e2e: Option<Percentiles>,
+    late_e2e: Option<Percentiles>,
     p95_drift: f64,
     failures: Vec<String>,
 }
@@ -126,11 +133,22 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     let requests: u64 = summaries.iter().map(|s| s.requests).sum();
     let failed: u64 = summaries.iter().map(|s| s.failed).sum();
     let warm = args.warmup_secs as f64;
-    let first_after = (args.warmup_secs).div_ceil(args.window_secs.max(1)) as usize;
-    let early = summaries.get(first_after);
-    let late = summaries.last();
-    let p95_drift = match (early, late) {
-        (Some(e), Some(l)) if e.e2e.p95_ms > 0.0 => (l.e2e.p95_ms - e.e2e.p95_ms) / e.e2e.p95_ms,
+    let window_secs = args.window_secs.max(1);
+    let first_after = args.warmup_secs.div_ceil(window_secs) as usize;
+    let span = args.compare_secs.div_ceil(window_secs).max(1) as usize;
+    // The two spans may not overlap; a run too short for both has no drift (and fails).
+    let (early_e2e, late_e2e) = if first_after + 2 * span <= windows.len() {
+        (
+            Some(LoadStats::e2e_over(
+                &windows[first_after..first_after + span],
+            )),
+            Some(LoadStats::e2e_over(&windows[windows.len() - span..])),
+        )
+    } else {
+        (None, None)
+    };
+    let p95_drift = match (&early_e2e, &late_e2e) {
+        (Some(e), Some(l)) if e.p95_ms > 0.0 => (l.p95_ms - e.p95_ms) / e.p95_ms,
         _ => f64::NAN,
     };
     let baseline = rss.iter().find(|s| s.at_s >= warm).map(|s| s.rss_bytes);
@@ -186,13 +204,19 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     }
     if p95_drift.is_nan() || p95_drift.abs() > args.max_p95_drift {
         failures.push(format!(
-            "e2e p95 moved {:.1} % from the first window after warm-up to the last",
-            p95_drift * 100.0
+            "e2e p95 moved {:.1} % from the early span to the late one (NaN: the run is too \
+             short for two spans of {} s after {} s of warm-up)",
+            p95_drift * 100.0,
+            args.compare_secs,
+            args.warmup_secs
         ));
     }
+    let p95 = |p: &Option<Percentiles>| p.as_ref().map_or(f64::NAN, |p| p.p95_ms);
     println!(
-        "\nrequests {requests}, failed {failed}; RSS growth after warm-up {:.2} %; e2e p95 drift {:.1} %",
+        "\nrequests {requests}, failed {failed}; RSS growth after warm-up {:.2} %; e2e p95 {:.0} ms early, {:.0} ms late: drift {:.1} %",
         rss_growth * 100.0,
+        p95(&early_e2e),
+        p95(&late_e2e),
         p95_drift * 100.0
     );
     crate::report::verdict(&failures);
@@ -203,6 +227,8 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
             requests,
             failed,
             rss_growth,
+            early_e2e,
+            late_e2e,
             p95_drift,
             failures: failures.clone(),
         };

@@ -125,6 +125,8 @@ fn a_small_flood_and_a_short_soak_pass() {
         "10",
         "--warmup-secs",
         "10",
+        "--compare-secs",
+        "10",
         "--rss-interval-secs",
         "5",
         "--prompt-words",
