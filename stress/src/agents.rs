@@ -135,6 +135,9 @@ pub async fn run(args: AgentsArgs) -> Result<bool, String> {
         100.0 * overall.cached_share,
         100.0 * args.min_cached_share
     );
+    let whole_run = LoadStats::latencies_over(&stats[tenths..]);
+    let server_view =
+        crate::server_view::print(&client, &args.url, Endpoint::Completions, &whole_run).await;
     let mut failures = Vec::new();
     if overall.failed > 0 {
         failures.push(format!(
@@ -154,6 +157,7 @@ pub async fn run(args: AgentsArgs) -> Result<bool, String> {
             "scenario": "agents",
             "tenths": &summaries[..tenths],
             "overall": overall,
+            "server_view": server_view,
             "failures": failures,
         });
         crate::report::write_json(path, &report)?;

@@ -45,6 +45,11 @@ pub struct FloodArgs {
     /// time-out (a failure).
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Open the clients' connections before the flood (a `GET /health/live` each, all at
+    /// once), as SDK clients that keep their connections alive have them; the refusal
+    /// times then leave out TCP set-up and the accept loop.
+    #[arg(long)]
+    open_connections: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -58,6 +63,17 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let url = format!("{}/v1/completions", args.url.trim_end_matches('/'));
+    if args.open_connections {
+        let live = format!("{}/health/live", args.url.trim_end_matches('/'));
+        let opening: Vec<_> = (0..args.concurrency)
+            .map(|_| tokio::spawn(client.get(&live).send()))
+            .collect();
+        for task in opening {
+            task.await
+                .map_err(|e| format!("a client task failed: {e}"))?
+                .map_err(|e| format!("cannot open a connection: {e}"))?;
+        }
+    }
     let barrier = Arc::new(Barrier::new(args.concurrency));
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|index| {

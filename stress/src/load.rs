@@ -105,6 +105,17 @@ impl Percentiles {
     }
 }
 
+/// What the clients saw of the successful requests of one or more windows.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latencies {
+    /// Send to the first text event (a plain request's whole time).
+    pub ttft: Percentiles,
+    /// Between text events of a stream.
+    pub itl: Percentiles,
+    /// Send to the end of the response.
+    pub e2e: Percentiles,
+}
+
 /// The statistics of a run (or of one window of it).
 pub struct LoadStats {
     /// Every request by outcome, with its end-to-end time.
@@ -181,15 +192,22 @@ impl LoadStats {
         self.outcomes.count(&Outcome::Status(200, None))
     }
 
-    /// The end-to-end percentiles of the successful requests of several windows together
+    /// The latency percentiles of the successful requests of several windows together
     /// (a window of a few minutes holds too few requests for a steady p95).
-    pub fn e2e_over(windows: &[LoadStats]) -> Percentiles {
-        let mut all = histogram();
-        for window in windows {
-            all.add(&window.e2e)
-                .expect("histograms with the same bounds add");
+    pub fn latencies_over(windows: &[LoadStats]) -> Latencies {
+        let over = |pick: fn(&LoadStats) -> &Histogram<u64>| {
+            let mut all = histogram();
+            for window in windows {
+                all.add(pick(window))
+                    .expect("histograms with the same bounds add");
+            }
+            Percentiles::of(&all)
+        };
+        Latencies {
+            ttft: over(|w| &w.ttft),
+            itl: over(|w| &w.itl),
+            e2e: over(|w| &w.e2e),
         }
-        Percentiles::of(&all)
     }
 
     pub fn summary(&self) -> LoadSummary {
@@ -443,8 +461,24 @@ pub async fn send(
 pub enum Pace {
     /// This many workers, each sending its next request when its last one ends.
     Closed { concurrency: usize },
-    /// Poisson arrivals at this many requests per second (seeded, so runs repeat).
-    Open { rate: f64, seed: u64 },
+    /// Arrivals at this many requests per second, whether earlier ones have finished or
+    /// not; `seed` makes Poisson arrivals repeat.
+    Open {
+        rate: f64,
+        arrivals: Arrivals,
+        seed: u64,
+    },
+}
+
+/// How an open loop spaces its arrivals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arrivals {
+    /// Evenly, one every `1 / rate` seconds: the load itself does not vary, so a change of
+    /// latency over time is the server's.
+    Uniform,
+    /// A Poisson process (exponential gaps, seeded): bursts as independent
+    /// clients make them, which widen the latency tail at random.
+    Poisson,
 }
 
 /// When a run stops sending.
@@ -500,14 +534,24 @@ pub async fn drive(
                 }));
             }
         }
-        Pace::Open { rate, seed } => {
+        Pace::Open {
+            rate,
+            arrivals,
+            seed,
+        } => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let mut at = Duration::ZERO;
             let mut index = 0;
             loop {
-                // Exponential gaps: a Poisson process of `rate` arrivals per second.
-                let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                at += Duration::from_secs_f64(-(1.0 - unit).ln() / rate.max(1e-9));
+                let gap = match arrivals {
+                    Arrivals::Uniform => 1.0,
+                    Arrivals::Poisson => {
+                        // Exponential gaps: a Poisson process.
+                        let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        -(1.0 - unit).ln()
+                    }
+                };
+                at += Duration::from_secs_f64(gap / rate.max(1e-9));
                 if at >= duration || index >= limit {
                     break;
                 }

@@ -42,6 +42,7 @@ mod process;
 mod ramp;
 mod report;
 mod server;
+mod server_view;
 mod shutdown;
 mod slow_readers;
 mod soak;

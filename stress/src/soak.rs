@@ -1,6 +1,7 @@
-//! The `soak` scenario: open-loop Poisson arrivals at `--rate` requests per second against
-//! a running server for `--duration-secs`, with the server's RSS sampled every
-//! `--rss-interval-secs` (its pid is required). Results are kept per `--window-secs` window
+//! The `soak` scenario: open-loop arrivals (evenly spaced, or Poisson with `--arrivals
+//! poisson`) at `--rate` requests per second against a running server for
+//! `--duration-secs`, with the server's RSS sampled every `--rss-interval-secs` (its pid
+//! is required). Results are kept per `--window-secs` window
 //! of send time. Pass criteria, after `--warmup-secs`:
 //! - RSS growth under `--max-rss-growth` (the largest sample after warm-up against the
 //!   first one at or after it);
@@ -15,7 +16,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::load::{self, Endpoint, LoadStats, LoadSummary, Pace, Percentiles, Request, Workload};
+use crate::load::{
+    self, Arrivals, Endpoint, LoadStats, LoadSummary, Pace, Percentiles, Request, Workload,
+};
 use crate::process::{ProcessSampler, Sample};
 
 #[derive(Debug, Clone, Args)]
@@ -35,10 +38,15 @@ pub struct SoakArgs {
     /// Send plain (non-streaming) requests.
     #[arg(long)]
     no_stream: bool,
-    /// Requests per second (Poisson arrivals); the default is about half of what the
-    /// default model serves on 2 cores with these prompts.
+    /// Requests per second; the default is about half of what the default model serves
+    /// on 2 cores with these prompts.
     #[arg(long, default_value_t = 0.2)]
     rate: f64,
+    /// How arrivals are spaced: evenly (the default: a steady load, so latency that
+    /// drifts is the server's doing) or as a Poisson process (realistic bursts, whose
+    /// randomness alone moves a 15-minute p95 by tens of percent).
+    #[arg(long, value_enum, default_value = "uniform")]
+    arrivals: Arrivals,
     /// How long new requests are sent, in seconds.
     #[arg(long, default_value_t = 3600)]
     duration_secs: u64,
@@ -74,7 +82,7 @@ pub struct SoakArgs {
     /// Per-request deadline in seconds (a time-out is a failure).
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
-    /// Seed of the arrival process.
+    /// Seed of the Poisson arrivals.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also write the results as JSON to this file.
@@ -92,6 +100,8 @@ struct Results {
     early_e2e: Option<Percentiles>,
     late_e2e: Option<Percentiles>,
     p95_drift: f64,
+    /// The whole run's latencies as the server recorded them, beside the clients' view.
+    server_view: Option<Vec<crate::server_view::Row>>,
     failures: Vec<String>,
 }
 
@@ -119,6 +129,7 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
         &workload,
         Pace::Open {
             rate: args.rate,
+            arrivals: args.arrivals,
             seed: args.seed,
         },
         load::Until::Elapsed(Duration::from_secs(args.duration_secs)),
@@ -128,6 +139,7 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     .await;
     // With one more sample after the last request, so growth covers the whole run.
     let rss = sampler.finish();
+    let whole_run = LoadStats::latencies_over(&windows);
 
     let summaries: Vec<LoadSummary> = windows.iter().map(LoadStats::summary).collect();
     let requests: u64 = summaries.iter().map(|s| s.requests).sum();
@@ -139,10 +151,8 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     // The two spans may not overlap; a run too short for both has no drift (and fails).
     let (early_e2e, late_e2e) = if first_after + 2 * span <= windows.len() {
         (
-            Some(LoadStats::e2e_over(
-                &windows[first_after..first_after + span],
-            )),
-            Some(LoadStats::e2e_over(&windows[windows.len() - span..])),
+            Some(LoadStats::latencies_over(&windows[first_after..first_after + span]).e2e),
+            Some(LoadStats::latencies_over(&windows[windows.len() - span..]).e2e),
         )
     } else {
         (None, None)
@@ -163,8 +173,8 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     };
 
     println!(
-        "## soak: {} req/s for {} s, windows of {} s, warm-up {} s\n",
-        args.rate, args.duration_secs, args.window_secs, args.warmup_secs
+        "## soak: {} req/s ({:?} arrivals) for {} s, windows of {} s, warm-up {} s\n",
+        args.rate, args.arrivals, args.duration_secs, args.window_secs, args.warmup_secs
     );
     println!("{}", load::TABLE_HEADER);
     for (i, summary) in summaries.iter().enumerate() {
@@ -183,6 +193,8 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
             sample.cpu_percent
         );
     }
+    let server_view =
+        crate::server_view::print(&client, &args.url, args.endpoint, &whole_run).await;
     let mut failures = Vec::new();
     let error_rate = if requests > 0 {
         failed as f64 / requests as f64
@@ -230,6 +242,7 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
             early_e2e,
             late_e2e,
             p95_drift,
+            server_view,
             failures: failures.clone(),
         };
         crate::report::write_json(path, &results)?;

@@ -107,7 +107,7 @@ fn a_small_flood_and_a_short_soak_pass() {
     assert!(output.contains("| 200 |"), "{output}");
     drop(served);
 
-    // Scenario 7, short: Poisson arrivals at 0.5 requests/s for 40 s, streamed, short
+    // Scenario 7, short: arrivals every 2 s (0.5 requests/s) for 40 s, streamed, short
     // prompts (about half of what this machine serves).
     let served = serve(&["--kv-cache-mb", "64"]);
     let pid = served.child.id().to_string();
@@ -140,4 +140,6 @@ fn a_small_flood_and_a_short_soak_pass() {
     ]);
     assert!(passed, "{output}");
     assert!(output.contains("RSS growth after warm-up"), "{output}");
+    // The server's own percentiles of the same requests, read from its /metrics.
+    assert!(output.contains("as the server recorded it"), "{output}");
 }
