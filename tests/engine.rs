@@ -420,10 +420,13 @@ async fn a_preempted_request_waits_no_longer_than_the_queue_timeout() {
     let newer: Vec<u32> = (7000..7080).collect();
     // Queued together, so both start in the first step.
     let mut pending = engine
-        .submit_all(vec![
-            request(&older, 2000, SamplingParams::greedy()),
-            request(&newer, 2000, SamplingParams::greedy()),
-        ])
+        .submit_all(
+            vec![
+                request(&older, 2000, SamplingParams::greedy()),
+                request(&newer, 2000, SamplingParams::greedy()),
+            ],
+            None,
+        )
         .expect("submit");
     let newer = pending.pop().unwrap().admitted().await.expect("admitted");
     let older = pending.pop().unwrap().admitted().await.expect("admitted");

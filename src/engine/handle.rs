@@ -120,6 +120,27 @@ impl EventStream {
     }
 }
 
+/// Room in the queue held for a request whose prompts are still being prepared
+/// ([`EngineHandle::reserve`]): later arrivals are judged as if it were queued already.
+/// Handed to [`EngineHandle::submit_all`], it becomes the request's place; dropped (the
+/// request failed or its client left), it is given back.
+pub struct Room {
+    admission: Arc<Admission>,
+    /// Generations still held; 0 once handed over.
+    generations: usize,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if self.generations > 0 {
+            self.admission
+                .lock()
+                .scheduler
+                .release_room(self.generations);
+        }
+    }
+}
+
 /// Handle to a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -208,7 +229,7 @@ impl EngineHandle {
     /// refused (at once for invalid requests and a full queue; after the queue timeout when
     /// it could not start in time).
     pub async fn submit(&self, request: GenerationRequest) -> Result<EventStream, SubmitError> {
-        match self.submit_all(vec![request])?.pop() {
+        match self.submit_all(vec![request], None)?.pop() {
             Some(pending) => pending.admitted().await,
             None => Err(SubmitError::Stopped),
         }
@@ -217,11 +238,13 @@ impl EngineHandle {
     /// Queues the generations of one request, all or none, and answers at once: a ticket
     /// per generation (in order) that resolves on admission, or why none was queued —
     /// invalid input, a drain, or [`SubmitError::Busy`] when more generations than
-    /// `max_queue` would be left waiting (each prompt counts). Never waits for the engine
-    /// thread.
+    /// `max_queue` would be left waiting (each prompt counts). The request's `room`, if it
+    /// reserved one, is given back as its generations take their place. Never waits for
+    /// the engine thread.
     pub fn submit_all(
         &self,
         mut requests: Vec<GenerationRequest>,
+        room: Option<Room>,
     ) -> Result<Vec<Pending>, SubmitError> {
         let context = self.model.identity.context_length;
         let vocab = self.model.vocab_size();
@@ -242,6 +265,11 @@ impl EngineHandle {
         let metrics = &self.admission.metrics;
         let submitted = Instant::now();
         let mut book = self.admission.lock();
+        if let Some(mut room) = room {
+            // Under the same lock as the verdict below, so the room passes to the prompts.
+            book.scheduler
+                .release_room(std::mem::take(&mut room.generations));
+        }
         if book.stopped {
             return Err(SubmitError::Stopped);
         }
@@ -301,11 +329,12 @@ impl EngineHandle {
 
     /// Refuses at once a request of `generations` prompts that [`EngineHandle::submit_all`]
     /// would refuse whatever its prompts (a full queue, a drain), so an overloaded server
-    /// answers before spending time on preparing the prompts. Passing this is no promise:
-    /// `submit_all` decides with the prompts.
-    pub fn check_room(&self, generations: usize) -> Result<(), SubmitError> {
+    /// answers before spending time on preparing the prompts; otherwise holds room for
+    /// them in the queue while they are prepared (see [`Room`]). Passing this is no
+    /// promise: `submit_all` decides with the prompts.
+    pub fn reserve(&self, generations: usize) -> Result<Room, SubmitError> {
         let metrics = &self.admission.metrics;
-        let book = self.admission.lock();
+        let mut book = self.admission.lock();
         if book.stopped {
             return Err(SubmitError::Stopped);
         }
@@ -313,9 +342,13 @@ impl EngineHandle {
             metrics.record_rejection(Rejection::Draining);
             return Err(SubmitError::Draining);
         }
-        book.scheduler.check_room(generations).map_err(|busy| {
+        let held = book.scheduler.reserve_room(generations).map_err(|busy| {
             metrics.record_rejection(Rejection::from(busy));
             SubmitError::Busy(busy)
+        })?;
+        Ok(Room {
+            admission: Arc::clone(&self.admission),
+            generations: held,
         })
     }
 

@@ -18,6 +18,6 @@ mod worker;
 
 pub use admission::Pending;
 pub use config::{EngineConfig, StorePolicy};
-pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, SubmitError};
+pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, Room, SubmitError};
 pub use persistence::PersistReport;
 pub use served_model::{PromptError, ServedModel};

@@ -22,8 +22,8 @@ use crate::api::error::ApiError;
 use crate::api::json::JsonBody;
 use crate::api::latency::RequestRecord;
 use crate::api::state::AppState;
-use crate::engine::EngineHandle;
 use crate::engine::sequence::GenerationRequest;
+use crate::engine::{EngineHandle, Room};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -35,8 +35,8 @@ pub async fn chat_completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    engine
-        .check_room(1)
+    let room = engine
+        .reserve(1)
         .map_err(|e| ApiError::from_submit(e, Endpoint::Chat))?;
     let prompt = chat_prompt(&state, engine.model(), plan.messages).await?;
     let context_length = engine.model().identity.context_length;
@@ -49,6 +49,7 @@ pub async fn chat_completions(
         plan.logprobs,
         &plan.generation,
         vec![request],
+        room,
     )
     .await
 }
@@ -63,8 +64,8 @@ pub async fn completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    engine
-        .check_room(plan.prompts.len())
+    let room = engine
+        .reserve(plan.prompts.len())
         .map_err(|e| ApiError::from_submit(e, Endpoint::Completions))?;
     let prompts = completion_prompts(&state, engine.model(), plan.prompts).await?;
     let context_length = engine.model().identity.context_length;
@@ -82,6 +83,7 @@ pub async fn completions(
         plan.logprobs,
         &plan.generation,
         requests,
+        room,
     )
     .await
 }
@@ -125,10 +127,13 @@ async fn respond(
     logprobs: Option<usize>,
     plan: &GenerationPlan,
     requests: Vec<GenerationRequest>,
+    room: Room,
 ) -> Result<Response, ApiError> {
     let context = ResponseContext::new(endpoint, engine.model(), logprobs, plan.include_usage);
     let engine_error = move |e| ApiError::from_submit(e, endpoint);
-    let mut pending = engine.submit_all(requests).map_err(engine_error)?;
+    let mut pending = engine
+        .submit_all(requests, Some(room))
+        .map_err(engine_error)?;
     if plan.stream {
         // A single generation is admitted before the response starts, so a refusal after
         // queueing (a queue timeout) is still a plain HTTP error. With several, each is

@@ -32,7 +32,10 @@
 //! **The queue bound** (`max_queue`) counts generations. [`Scheduler::submit`] takes a
 //! request's generations all or none: it predicts, against the current state, which
 //! queued generations the next step admits; if more than `max_queue` would be left waiting
-//! the request is refused at once. With `max_queue` 0 a request is taken only if it is
+//! the request is refused at once. [`Scheduler::reserve_room`] makes the same prediction
+//! before a request's prompts are prepared and holds its room meanwhile, so requests that
+//! arrive together are refused at once rather than after the others' tokenization. With
+//! `max_queue` 0 a request is taken only if it is
 //! predicted to start in the next step, and a step refuses ([`Step::refused`]) any
 //! never-started sequence it did not admit after all. A sequence that outgrows the whole
 //! pool (running alone, or preempted with more tokens than the pool holds) is reported in
@@ -254,6 +257,9 @@ pub struct Scheduler {
     /// What the disk store holds (empty without one).
     stored: StoredBlocks,
     next_ticket: u64,
+    /// Generations of requests that passed [`Scheduler::reserve_room`] and are still being
+    /// prepared: counted in queue verdicts as the cheapest prompts.
+    reserved: usize,
 }
 
 impl Scheduler {
@@ -268,6 +274,7 @@ impl Scheduler {
             parked: Vec::new(),
             stored,
             next_ticket: 0,
+            reserved: 0,
         }
     }
 

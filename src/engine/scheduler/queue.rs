@@ -138,20 +138,27 @@ impl Scheduler {
 
     /// Refuses, before a request's prompts are even prepared, what [`Scheduler::submit`]
     /// would refuse whatever the prompts: `generations` of the cheapest possible prompts
-    /// (one fresh block each) would already leave more than `max_queue` waiting. A request
-    /// with more generations than the batch and queue can hold is left to `submit`.
-    pub fn check_room(&self, generations: usize) -> Result<(), Busy> {
+    /// (one fresh block each) would already leave more than `max_queue` waiting. Otherwise
+    /// holds room for them, counted in every later verdict as such prompts, until the
+    /// caller gives it back with [`Scheduler::release_room`] (just before it submits, or
+    /// when it gives up). Without the hold, a burst of requests arriving together would
+    /// all pass this check while none of them is queued yet, and each refusal would wait
+    /// for the prompts ahead of it to be tokenized. Returns the generations held: 0 for a
+    /// request with more generations than the batch and queue can hold, left to `submit`
+    /// to refuse.
+    pub fn reserve_room(&mut self, generations: usize) -> Result<usize, Busy> {
         if generations > self.config.max_batch + self.config.max_queue {
-            return Ok(());
+            return Ok(0);
         }
-        let cheapest: Vec<Need> = (0..generations)
-            .map(|_| Need {
-                prefix: Vec::new(),
-                fresh: 1,
-                restore: 0,
-            })
-            .collect();
-        self.queue_verdict(&cheapest)
+        self.queue_verdict(&cheapest(generations))?;
+        self.reserved += generations;
+        Ok(generations)
+    }
+
+    /// Gives back room held by [`Scheduler::reserve_room`].
+    pub fn release_room(&mut self, generations: usize) {
+        debug_assert!(generations <= self.reserved, "releasing room never held");
+        self.reserved = self.reserved.saturating_sub(generations);
     }
 
     /// Whether `new` may join the queue: not when more than `max_queue` generations would
@@ -170,8 +177,9 @@ impl Scheduler {
         })
     }
 
-    /// Replays the next step's admission over the queue followed by `new`, counting paused
-    /// sequences' slots and blocks as free (they are parked on demand). Returns how many
+    /// Replays the next step's admission over the queue, then the room held for requests
+    /// still being prepared, then `new`, counting paused sequences' slots and blocks as
+    /// free (they are parked on demand). Returns how many
     /// generations would be left waiting, and what stopped the admissions (every one after
     /// the first that cannot start waits).
     fn predict_waiting(&self, new: &[Need]) -> (usize, Option<Busy>) {
@@ -190,6 +198,7 @@ impl Scheduler {
             .waiting
             .iter()
             .map(|id| self.need(&self.sequences[id]))
+            .chain(cheapest(self.reserved))
             .collect();
         let mut started = 0;
         let mut blocked_by = None;
@@ -210,4 +219,15 @@ impl Scheduler {
         }
         (queued.len() + new.len() - started, blocked_by)
     }
+}
+
+/// What `generations` prompts not yet known need at the least: one fresh block each.
+fn cheapest(generations: usize) -> Vec<Need> {
+    (0..generations)
+        .map(|_| Need {
+            prefix: Vec::new(),
+            fresh: 1,
+            restore: 0,
+        })
+        .collect()
 }

@@ -272,12 +272,14 @@ fn the_queue_bound_counts_generations_left_waiting() {
     assert_eq!(s.waiting(), 2, "all or nothing");
     // Whatever its prompts, a request of three would wait: refused before they are
     // even tokenized. One might start.
-    assert!(matches!(s.check_room(3), Err(Busy::QueueFull { .. })));
-    assert_eq!(s.check_room(1), Ok(()));
+    assert!(matches!(s.reserve_room(3), Err(Busy::QueueFull { .. })));
+    assert_eq!(s.reserve_room(1), Ok(1));
+    s.release_room(1);
     s.submit1(9, vec![9; 3]).unwrap();
     // Two start, 9 waits: room for one more waiting generation, not two.
-    assert_eq!(s.check_room(1), Ok(()));
-    assert!(s.check_room(2).is_err());
+    assert!(s.reserve_room(2).is_err());
+    assert_eq!(s.reserve_room(1), Ok(1));
+    s.release_room(1);
     s.check().unwrap();
 }
 
@@ -582,4 +584,32 @@ fn identical_prompt_prefixes_reuse_cached_blocks() {
     s.finish(2);
     s.finish(3);
     assert_eq!(s.pool().in_use(), 0);
+}
+
+#[test]
+fn room_held_for_prompts_being_prepared_counts_until_given_back() {
+    // Two run and two may wait: four requests arriving together get room, the fifth is
+    // refused although none of the four has been submitted yet.
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            max_batch: 2,
+            max_queue: 2,
+            ..config()
+        },
+        StoredBlocks::default(),
+    );
+    for _ in 0..4 {
+        assert_eq!(s.reserve_room(1), Ok(1));
+    }
+    assert!(matches!(s.reserve_room(1), Err(Busy::QueueFull { .. })));
+    // One hands its room to its prompt: still full.
+    s.release_room(1);
+    s.submit1(0, vec![1; 3]).unwrap();
+    assert!(s.reserve_room(1).is_err());
+    // One gives up (its client left): room for one more.
+    s.release_room(1);
+    assert_eq!(s.reserve_room(1), Ok(1));
+    // A request larger than the batch and queue together holds nothing; submit refuses it.
+    assert_eq!(s.reserve_room(5), Ok(0));
+    s.check().unwrap();
 }
