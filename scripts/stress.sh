@@ -3,7 +3,7 @@
 # but the hour-long soak, each against a server started for it with the flags it needs.
 # Results: a markdown report on stdout and one JSON file per scenario in $STRESS_OUT
 # (default target/stress-results). Exits non-zero if any scenario failed.
-# `scripts/stress.sh soak [SECONDS]` runs only the soak (default 3600 s).
+# `scripts/stress.sh soak [SECONDS]` runs only the soak (default 3600 s; at least 120).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +37,13 @@ run() {
 }
 
 if [ "${1:-}" = soak ]; then
+    # Windows, warm-up and RSS samples of a twelfth of the run, compared spans of a quarter
+    # (5 and 15 minutes for an hour), so a shorter run still has two spans to compare.
+    SECS=${2:-3600}
     serve --kv-cache-mb 256 --no-kv-store
-    run soak soak --url "$URL" --pid "$SERVER_PID" --duration-secs "${2:-3600}"
+    run soak soak --url "$URL" --pid "$SERVER_PID" --duration-secs "$SECS" \
+        --window-secs $((SECS / 12)) --warmup-secs $((SECS / 12)) \
+        --rss-interval-secs $((SECS / 12)) --compare-secs $((SECS / 4))
     stop
 else
     serve --kv-cache-mb 64 --max-queue 8 --no-kv-store

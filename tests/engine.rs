@@ -188,6 +188,51 @@ async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
 }
 
 #[tokio::test]
+async fn room_held_while_prompts_are_prepared_is_handed_over_or_given_back() {
+    // One runs and one may wait: two requests whose prompts are still being prepared hold
+    // all the room there is.
+    let engine = start(EngineConfig {
+        max_batch: 1,
+        max_queue: 1,
+        ..small_config()
+    });
+    let first = engine.reserve(1).expect("room for the first");
+    let second = engine.reserve(1).expect("room for the second");
+    let Err(refused) = engine.reserve(1) else {
+        panic!("a third arrival found room although two rooms fill the batch and the queue");
+    };
+    assert!(matches!(refused, SubmitError::Busy(_)), "{refused}");
+    // A request arriving now with its prompt ready is judged behind both rooms.
+    let Err(refused) =
+        engine.submit_all(vec![request(&[7, 8, 9], 1, SamplingParams::greedy())], None)
+    else {
+        panic!("a request was queued behind a full batch and queue of held room");
+    };
+    assert!(matches!(refused, SubmitError::Busy(_)), "{refused}");
+    // The second's client leaves before its prompt is ready: its room comes back.
+    drop(second);
+    let third = engine.reserve(1).expect("the room given back");
+    // The first is queued in its own room, which is not counted against it a second time.
+    let mut pending = engine
+        .submit_all(
+            vec![request(&[1, 2, 3, 4], 4, SamplingParams::greedy())],
+            Some(first),
+        )
+        .expect("queued in its room");
+    let stream = pending
+        .pop()
+        .expect("one ticket")
+        .admitted()
+        .await
+        .expect("admitted");
+    assert_eq!(collect(stream).await.usage.completion_tokens, 4);
+    // Once the last room is dropped too, the batch and queue are free again.
+    drop(third);
+    let rooms = (engine.reserve(1), engine.reserve(1));
+    assert!(rooms.0.is_ok() && rooms.1.is_ok(), "room left held");
+}
+
+#[tokio::test]
 async fn preempted_requests_are_recomputed_and_finish_correctly() {
     // 45 blocks of 16 tokens; two requests that each grow to 25 blocks cannot both fit:
     // the newer one is preempted, recomputed later, and must still produce exactly what it

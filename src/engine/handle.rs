@@ -13,7 +13,7 @@ use super::block_pool::BlockHash;
 use super::config::{EngineConfig, StorePolicy};
 use super::persistence::PersistReport;
 use super::sampling::SamplingError;
-use super::scheduler::{AdmitError, Busy, CacheScope, Persist};
+use super::scheduler::{AdmitError, Busy, CacheScope, Persist, RoomId};
 use super::sequence::{Event, GenerationRequest};
 use super::served_model::ServedModel;
 use super::worker::{Command, Worker};
@@ -126,17 +126,14 @@ impl EventStream {
 /// request failed or its client left), it is given back.
 pub struct Room {
     admission: Arc<Admission>,
-    /// Generations still held; 0 once handed over.
-    generations: usize,
+    /// The room held; `None` once handed over (or when none was needed).
+    held: Option<RoomId>,
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
-        if self.generations > 0 {
-            self.admission
-                .lock()
-                .scheduler
-                .release_room(self.generations);
+        if let Some(room) = self.held.take() {
+            self.admission.lock().scheduler.release_room(room);
         }
     }
 }
@@ -264,12 +261,9 @@ impl EngineHandle {
         }
         let metrics = &self.admission.metrics;
         let submitted = Instant::now();
+        // On the early returns below, `room` (a parameter) is dropped after `book` (a
+        // local), so its `Drop` takes the lock only once it is free.
         let mut book = self.admission.lock();
-        if let Some(mut room) = room {
-            // Under the same lock as the verdict below, so the room passes to the prompts.
-            book.scheduler
-                .release_room(std::mem::take(&mut room.generations));
-        }
         if book.stopped {
             return Err(SubmitError::Stopped);
         }
@@ -294,15 +288,18 @@ impl EngineHandle {
                     self.persist.non_agent
                 },
             });
-        book.scheduler
-            .submit(prompts, scope)
-            .map_err(|error| match error {
-                AdmitError::Busy(busy) => {
-                    metrics.record_rejection(Rejection::from(busy));
-                    SubmitError::Busy(busy)
-                }
-                invalid => SubmitError::Invalid(invalid),
-            })?;
+        // Taken under the lock, so that the room passes to the prompts in one verdict.
+        let queued = match room.and_then(|mut room| room.held.take()) {
+            Some(held) => book.scheduler.submit_in_room(prompts, scope, held),
+            None => book.scheduler.submit(prompts, scope),
+        };
+        queued.map_err(|error| match error {
+            AdmitError::Busy(busy) => {
+                metrics.record_rejection(Rejection::from(busy));
+                SubmitError::Busy(busy)
+            }
+            invalid => SubmitError::Invalid(invalid),
+        })?;
         let mut pending = Vec::with_capacity(requests.len());
         for (id, request) in ids.into_iter().zip(requests) {
             let (reply, answer) = oneshot::channel();
@@ -348,7 +345,7 @@ impl EngineHandle {
         })?;
         Ok(Room {
             admission: Arc::clone(&self.admission),
-            generations: held,
+            held,
         })
     }
 

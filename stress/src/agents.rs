@@ -136,8 +136,7 @@ pub async fn run(args: AgentsArgs) -> Result<bool, String> {
         100.0 * args.min_cached_share
     );
     let whole_run = LoadStats::latencies_over(&stats[tenths..]);
-    let server_view =
-        crate::server_view::print(&client, &args.url, Endpoint::Completions, &whole_run).await;
+    let server_view = crate::server_view::print(&client, &args.url, &workload, &whole_run).await;
     let mut failures = Vec::new();
     if overall.failed > 0 {
         failures.push(format!(

@@ -69,9 +69,18 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
             .map(|_| tokio::spawn(client.get(&live).send()))
             .collect();
         for task in opening {
-            task.await
+            let response = task
+                .await
                 .map_err(|e| format!("a client task failed: {e}"))?
                 .map_err(|e| format!("cannot open a connection: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("/health/live answered {}", response.status()));
+            }
+            // Read to the end, so the connection goes back to the pool.
+            response
+                .bytes()
+                .await
+                .map_err(|e| format!("cannot read /health/live: {e}"))?;
         }
     }
     let barrier = Arc::new(Barrier::new(args.concurrency));

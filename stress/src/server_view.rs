@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::load::{Endpoint, Latencies, Percentiles};
+use crate::load::{Endpoint, Latencies, Percentiles, Workload};
 use crate::server::metric;
 
 /// One latency as both sides measured it, in milliseconds.
@@ -33,8 +33,14 @@ fn route(endpoint: Endpoint) -> &'static str {
 }
 
 /// The rows for successful requests to `endpoint`, from a `/metrics` text; `None` when the
-/// server exports none of the gauges (another server, or no request finished).
-pub fn rows(metrics: &str, endpoint: Endpoint, client: &Latencies) -> Option<Vec<Row>> {
+/// server exports none of the gauges (another server, or no request finished). Plain
+/// (`streamed` false) requests have no first token or token gaps of their own to compare.
+pub fn rows(
+    metrics: &str,
+    endpoint: Endpoint,
+    streamed: bool,
+    client: &Latencies,
+) -> Option<Vec<Row>> {
     let duration = format!(
         "mlx_serve_http_request_duration_percentile_seconds{{route=\"{}\",method=\"POST\",status_class=\"2xx\",outcome=\"completed\",",
         route(endpoint)
@@ -56,6 +62,7 @@ pub fn rows(metrics: &str, endpoint: Endpoint, client: &Latencies) -> Option<Vec
         |prefix: &str, p: &str| 1000.0 * metric(metrics, &format!("{prefix}percentile=\"{p}\"}}"));
     let rows: Vec<Row> = sources
         .into_iter()
+        .take(if streamed { 3 } else { 1 })
         .map(|(measure, client, prefix)| Row {
             measure,
             client,
@@ -65,7 +72,9 @@ pub fn rows(metrics: &str, endpoint: Endpoint, client: &Latencies) -> Option<Vec
             metric: prefix.trim_end_matches(['{', ',']).to_owned(),
         })
         .collect();
-    rows.iter().any(|r| r.server_p99_ms > 0.0).then_some(rows)
+    rows.iter()
+        .any(|r| r.server_p50_ms > 0.0 || r.server_p99_ms > 0.0)
+        .then_some(rows)
 }
 
 /// The rows as a markdown table.
@@ -88,14 +97,16 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Scrapes `base`'s `/metrics` and prints the comparison for `endpoint`; returns the rows
-/// for the JSON output (`None`, with a note printed, when the server has no such metrics).
+/// Scrapes `base`'s `/metrics` and prints the comparison for `workload`'s requests;
+/// returns the rows for the JSON output (`None`, with a note printed, when the server has
+/// no such metrics).
 pub async fn print(
     client: &reqwest::Client,
     base: &str,
-    endpoint: Endpoint,
+    workload: &Workload,
     seen: &Latencies,
 ) -> Option<Vec<Row>> {
+    let endpoint = workload.endpoint;
     let scraped = async {
         client
             .get(format!("{base}/metrics"))
@@ -106,7 +117,9 @@ pub async fn print(
             .await
             .ok()
     };
-    let rows = scraped.await.and_then(|text| rows(&text, endpoint, seen));
+    let rows = scraped
+        .await
+        .and_then(|text| rows(&text, endpoint, workload.stream, seen));
     match &rows {
         Some(rows) => println!(
             "\n{} as the clients saw it and as the server recorded it (its /metrics, since it started):\n\n{}",
@@ -150,7 +163,7 @@ mlx_serve_inter_token_latency_percentile_seconds{percentile="99"} 2.0
 
     #[test]
     fn the_rows_take_the_endpoints_own_route_and_the_engines_gauges() {
-        let rows = rows(METRICS, Endpoint::Chat, &seen()).expect("gauges present");
+        let rows = rows(METRICS, Endpoint::Chat, true, &seen()).expect("gauges present");
         let figures: Vec<[f64; 3]> = rows
             .iter()
             .map(|r| [r.server_p50_ms, r.server_p95_ms, r.server_p99_ms])
@@ -167,13 +180,18 @@ mlx_serve_inter_token_latency_percentile_seconds{percentile="99"} 2.0
             rows[0].metric,
             "mlx_serve_http_request_duration_percentile_seconds{route=\"/v1/chat/completions\",method=\"POST\",status_class=\"2xx\",outcome=\"completed\""
         );
-        let completions = super::rows(METRICS, Endpoint::Completions, &seen()).unwrap();
+        let completions = super::rows(METRICS, Endpoint::Completions, false, &seen()).unwrap();
+        assert_eq!(
+            completions.len(),
+            1,
+            "plain requests: the request time only"
+        );
         assert_eq!(completions[0].server_p50_ms, 500.0);
         assert!(table(&rows).contains("| 1 / 2 / 3 | 9400 / 15750 / 15900 |"));
     }
 
     #[test]
     fn a_server_without_the_gauges_has_no_rows() {
-        assert!(rows("# nothing here\n", Endpoint::Chat, &seen()).is_none());
+        assert!(rows("# nothing here\n", Endpoint::Chat, true, &seen()).is_none());
     }
 }

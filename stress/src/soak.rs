@@ -148,11 +148,17 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     let window_secs = args.window_secs.max(1);
     let first_after = args.warmup_secs.div_ceil(window_secs) as usize;
     let span = args.compare_secs.div_ceil(window_secs).max(1) as usize;
+    // Only whole windows: a last window cut short by the end of the run would make the
+    // late span shorter than the early one.
+    let whole = windows
+        .len()
+        .min((args.duration_secs / window_secs) as usize);
+    let windows_whole = &windows[..whole];
     // The two spans may not overlap; a run too short for both has no drift (and fails).
-    let (early_e2e, late_e2e) = if first_after + 2 * span <= windows.len() {
+    let (early_e2e, late_e2e) = if first_after + 2 * span <= whole {
         (
             Some(LoadStats::latencies_over(&windows[first_after..first_after + span]).e2e),
-            Some(LoadStats::latencies_over(&windows[windows.len() - span..]).e2e),
+            Some(LoadStats::latencies_over(&windows_whole[whole - span..]).e2e),
         )
     } else {
         (None, None)
@@ -193,8 +199,7 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
             sample.cpu_percent
         );
     }
-    let server_view =
-        crate::server_view::print(&client, &args.url, args.endpoint, &whole_run).await;
+    let server_view = crate::server_view::print(&client, &args.url, &workload, &whole_run).await;
     let mut failures = Vec::new();
     let error_rate = if requests > 0 {
         failed as f64 / requests as f64

@@ -42,7 +42,7 @@
 //! [`Step::out_of_blocks`]; stopping at `max_tokens` or the context length is the
 //! engine's job.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::block_pool::{BlockHash, BlockId, BlockPool};
 use crate::cache_store::{BlockWant, StoredBlocks};
@@ -51,7 +51,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
-pub use queue::{AdmitError, Busy};
+pub use queue::{AdmitError, Busy, RoomId};
 
 /// Identifies a sequence to the scheduler (the engine's request id).
 pub type SeqId = u64;
@@ -257,9 +257,11 @@ pub struct Scheduler {
     /// What the disk store holds (empty without one).
     stored: StoredBlocks,
     next_ticket: u64,
-    /// Generations of requests that passed [`Scheduler::reserve_room`] and are still being
-    /// prepared: counted in queue verdicts as the cheapest prompts.
-    reserved: usize,
+    /// Room held by requests that passed [`Scheduler::reserve_room`] and are still being
+    /// prepared, in order of arrival: generations, counted in queue verdicts as the
+    /// cheapest prompts.
+    rooms: BTreeMap<RoomId, usize>,
+    next_room: u64,
 }
 
 impl Scheduler {
@@ -274,7 +276,8 @@ impl Scheduler {
             parked: Vec::new(),
             stored,
             next_ticket: 0,
-            reserved: 0,
+            rooms: BTreeMap::new(),
+            next_room: 0,
         }
     }
 

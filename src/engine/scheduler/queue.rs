@@ -5,6 +5,10 @@
 
 use super::{CacheScope, Need, Scheduler, SeqId, Sequence};
 
+/// Room held in the queue by [`Scheduler::reserve_room`], numbered in order of arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoomId(u64);
+
 /// Why a request is refused at submission.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
@@ -52,6 +56,30 @@ impl Scheduler {
         prompts: Vec<(SeqId, Vec<u32>)>,
         scope: CacheScope,
     ) -> Result<(), AdmitError> {
+        self.enqueue(prompts, scope, None)
+    }
+
+    /// [`Scheduler::submit`] for a request that holds `room` ([`Scheduler::reserve_room`]):
+    /// the room is given back, and only the room held for requests that arrived before
+    /// this one counts against it (a later arrival never crowds out an earlier one).
+    pub fn submit_in_room(
+        &mut self,
+        prompts: Vec<(SeqId, Vec<u32>)>,
+        scope: CacheScope,
+        room: RoomId,
+    ) -> Result<(), AdmitError> {
+        self.release_room(room);
+        self.enqueue(prompts, scope, Some(room))
+    }
+
+    /// Queues `prompts` if the queue bound allows, counting the room held before
+    /// `arrived` (all of it when `None`: the request arrives now).
+    fn enqueue(
+        &mut self,
+        prompts: Vec<(SeqId, Vec<u32>)>,
+        scope: CacheScope,
+        arrived: Option<RoomId>,
+    ) -> Result<(), AdmitError> {
         let limit = self.config.max_batch + self.config.max_queue;
         if prompts.len() > limit {
             return Err(AdmitError::TooManyGenerations {
@@ -64,7 +92,7 @@ impl Scheduler {
             new.push((id, self.new_sequence(prompt, scope)?));
         }
         let needs: Vec<Need> = new.iter().map(|(_, seq)| self.need(seq)).collect();
-        self.queue_verdict(&needs)?;
+        self.queue_verdict(&needs, arrived)?;
         for (id, seq) in new {
             self.sequences.insert(id, seq);
             self.waiting.push_back(id);
@@ -140,49 +168,61 @@ impl Scheduler {
     /// would refuse whatever the prompts: `generations` of the cheapest possible prompts
     /// (one fresh block each) would already leave more than `max_queue` waiting. Otherwise
     /// holds room for them, counted in every later verdict as such prompts, until the
-    /// caller gives it back with [`Scheduler::release_room`] (just before it submits, or
-    /// when it gives up). Without the hold, a burst of requests arriving together would
-    /// all pass this check while none of them is queued yet, and each refusal would wait
-    /// for the prompts ahead of it to be tokenized. Returns the generations held: 0 for a
-    /// request with more generations than the batch and queue can hold, left to `submit`
-    /// to refuse.
-    pub fn reserve_room(&mut self, generations: usize) -> Result<usize, Busy> {
+    /// request is submitted in it ([`Scheduler::submit_in_room`]) or gives it back
+    /// ([`Scheduler::release_room`]). Without the hold, a burst of requests arriving
+    /// together would all pass this check while none of them is queued yet, and each
+    /// refusal would wait for the prompts ahead of it to be tokenized. Holds nothing
+    /// (`None`) for a request with more generations than the batch and queue can hold,
+    /// left to `submit` to refuse.
+    pub fn reserve_room(&mut self, generations: usize) -> Result<Option<RoomId>, Busy> {
         if generations > self.config.max_batch + self.config.max_queue {
-            return Ok(0);
+            return Ok(None);
         }
-        self.queue_verdict(&cheapest(generations))?;
-        self.reserved += generations;
-        Ok(generations)
+        self.queue_verdict(&cheapest(generations), None)?;
+        let room = RoomId(self.next_room);
+        self.next_room += 1;
+        self.rooms.insert(room, generations);
+        Ok(Some(room))
     }
 
-    /// Gives back room held by [`Scheduler::reserve_room`].
-    pub fn release_room(&mut self, generations: usize) {
-        debug_assert!(generations <= self.reserved, "releasing room never held");
-        self.reserved = self.reserved.saturating_sub(generations);
+    /// Gives back room held by [`Scheduler::reserve_room`] (nothing if already given).
+    pub fn release_room(&mut self, room: RoomId) {
+        self.rooms.remove(&room);
+    }
+
+    /// Generations of the room held for requests that arrived before `arrived` (all
+    /// held room when `None`).
+    fn held_before(&self, arrived: Option<RoomId>) -> usize {
+        match arrived {
+            Some(room) => self.rooms.range(..room).map(|(_, &g)| g).sum(),
+            None => self.rooms.values().sum(),
+        }
     }
 
     /// Whether `new` may join the queue: not when more than `max_queue` generations would
-    /// be left waiting after the next step's admissions.
-    fn queue_verdict(&self, new: &[Need]) -> Result<(), Busy> {
-        let (left_waiting, blocked_by) = self.predict_waiting(new);
+    /// be left waiting after the next step's admissions. `arrived` says which held room
+    /// counts ([`Scheduler::held_before`]).
+    fn queue_verdict(&self, new: &[Need], arrived: Option<RoomId>) -> Result<(), Busy> {
+        let held = self.held_before(arrived);
+        let (left_waiting, blocked_by) = self.predict_waiting(held, new);
         if left_waiting <= self.config.max_queue {
             return Ok(());
         }
         Err(match blocked_by {
             Some(reason) if self.config.max_queue == 0 => reason,
             _ => Busy::QueueFull {
-                waiting: self.waiting.len(),
+                waiting: self.waiting.len() + held,
                 limit: self.config.max_queue,
             },
         })
     }
 
-    /// Replays the next step's admission over the queue, then the room held for requests
-    /// still being prepared, then `new`, counting paused sequences' slots and blocks as
-    /// free (they are parked on demand). Returns how many
+    /// Replays the next step's admission over the queue, then `held` generations of room
+    /// held for requests still being prepared, then `new`, counting paused sequences'
+    /// slots and blocks as free (they are parked on demand). Returns how many
     /// generations would be left waiting, and what stopped the admissions (every one after
     /// the first that cannot start waits).
-    fn predict_waiting(&self, new: &[Need]) -> (usize, Option<Busy>) {
+    fn predict_waiting(&self, held: usize, new: &[Need]) -> (usize, Option<Busy>) {
         let paused: Vec<SeqId> = self
             .running
             .iter()
@@ -198,7 +238,7 @@ impl Scheduler {
             .waiting
             .iter()
             .map(|id| self.need(&self.sequences[id]))
-            .chain(cheapest(self.reserved))
+            .chain(cheapest(held))
             .collect();
         let mut started = 0;
         let mut blocked_by = None;

@@ -273,13 +273,13 @@ fn the_queue_bound_counts_generations_left_waiting() {
     // Whatever its prompts, a request of three would wait: refused before they are
     // even tokenized. One might start.
     assert!(matches!(s.reserve_room(3), Err(Busy::QueueFull { .. })));
-    assert_eq!(s.reserve_room(1), Ok(1));
-    s.release_room(1);
-    s.submit1(9, vec![9; 3]).unwrap();
+    let room = s.reserve_room(1).unwrap().expect("room held");
+    s.submit_in_room(vec![(9, vec![9; 3])], CacheScope::default(), room)
+        .unwrap();
     // Two start, 9 waits: room for one more waiting generation, not two.
     assert!(s.reserve_room(2).is_err());
-    assert_eq!(s.reserve_room(1), Ok(1));
-    s.release_room(1);
+    let room = s.reserve_room(1).unwrap().expect("room held");
+    s.release_room(room);
     s.check().unwrap();
 }
 
@@ -598,18 +598,63 @@ fn room_held_for_prompts_being_prepared_counts_until_given_back() {
         },
         StoredBlocks::default(),
     );
-    for _ in 0..4 {
-        assert_eq!(s.reserve_room(1), Ok(1));
-    }
-    assert!(matches!(s.reserve_room(1), Err(Busy::QueueFull { .. })));
-    // One hands its room to its prompt: still full.
-    s.release_room(1);
-    s.submit1(0, vec![1; 3]).unwrap();
+    let rooms: Vec<RoomId> = (0..4)
+        .map(|_| s.reserve_room(1).unwrap().expect("room held"))
+        .collect();
+    assert_eq!(
+        s.reserve_room(1),
+        Err(Busy::QueueFull {
+            waiting: 4,
+            limit: 2
+        }),
+        "the held room counts as waiting"
+    );
+    // The first hands its room to its prompt: still full.
+    s.submit_in_room(vec![(0, vec![1; 3])], CacheScope::default(), rooms[0])
+        .unwrap();
+    assert_eq!(s.waiting(), 1);
     assert!(s.reserve_room(1).is_err());
     // One gives up (its client left): room for one more.
-    s.release_room(1);
-    assert_eq!(s.reserve_room(1), Ok(1));
+    s.release_room(rooms[2]);
+    let fifth = s.reserve_room(1).unwrap().expect("room held");
     // A request larger than the batch and queue together holds nothing; submit refuses it.
-    assert_eq!(s.reserve_room(5), Ok(0));
+    assert_eq!(s.reserve_room(5), Ok(None));
+    // The others submit in their rooms; the held room is all given back.
+    for (id, room) in [(1, rooms[1]), (3, rooms[3]), (4, fifth)] {
+        s.submit_in_room(vec![(id, vec![id as u32; 3])], CacheScope::default(), room)
+            .unwrap();
+    }
+    assert!(s.rooms.is_empty());
+    assert_eq!(s.waiting(), 4);
+    s.check().unwrap();
+}
+
+#[test]
+fn a_later_arrival_never_crowds_out_an_earlier_one() {
+    // No queue, and a pool where a long prompt fits only when it runs alone (no room for
+    // the watermark beside it).
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            max_queue: 0,
+            num_blocks: 4,
+            ..config()
+        },
+        StoredBlocks::default(),
+    );
+    let first = s.reserve_room(1).unwrap().expect("room held");
+    // A second request arrives while the first is still being tokenized; as far as
+    // anyone can tell, both small prompts can start together.
+    let second = s.reserve_room(1).unwrap().expect("room held");
+    // The first's prompt needs all four blocks. Counted behind the second's room it would
+    // no longer run alone and be refused; counted only behind rooms that arrived before
+    // it, it is taken.
+    s.submit_in_room(vec![(0, vec![1; 15])], CacheScope::default(), first)
+        .unwrap();
+    // The second is judged behind it.
+    assert_eq!(
+        s.submit_in_room(vec![(1, vec![2; 3])], CacheScope::default(), second),
+        Err(AdmitError::Busy(Busy::PoolExhausted))
+    );
+    assert!(s.rooms.is_empty());
     s.check().unwrap();
 }
