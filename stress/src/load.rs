@@ -1,8 +1,8 @@
 //! The load engine the long-running scenarios share: sending one request the way a client
 //! does and timing it (time to first token, the gaps between tokens, end to end), and
 //! driving many of them in a closed loop (N workers, each sending its next request when
-//! its last one ends, or when a refusal's `Retry-After` has passed) or an open loop (Poisson arrivals at a fixed rate, whatever the
-//! server's pace). Every request that was started is in the statistics: errors, time-outs
+//! its last one ends, or when a refusal's `Retry-After` has passed) or an open loop
+//! (arrivals at a fixed rate, evenly spaced or Poisson, whatever the server's pace). Every request that was started is in the statistics: errors, time-outs
 //! and broken streams included.
 
 use std::sync::Arc;

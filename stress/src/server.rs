@@ -101,14 +101,7 @@ impl Server {
 
     /// The `/metrics` text.
     pub async fn scrape(&self, client: &reqwest::Client) -> Result<String, String> {
-        client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .map_err(|e| format!("metrics: {e}"))?
-            .text()
-            .await
-            .map_err(|e| format!("metrics: {e}"))
+        scrape(client, &self.url("")).await
     }
 
     /// The `/metrics` text once the KV store's writer has nothing queued (its counters
@@ -129,6 +122,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `/metrics` text of the server at `base`.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> Result<String, String> {
+    client
+        .get(format!("{}/metrics", base.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(|e| format!("metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("metrics: {e}"))
 }
 
 /// The value of the sample written exactly `name` (with its labels, if any, e.g.

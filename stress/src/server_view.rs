@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::load::{Endpoint, Latencies, Percentiles, Workload};
-use crate::server::metric;
+use crate::server::{metric, scrape};
 
 /// One latency as both sides measured it, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -107,18 +107,9 @@ pub async fn print(
     seen: &Latencies,
 ) -> Option<Vec<Row>> {
     let endpoint = workload.endpoint;
-    let scraped = async {
-        client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    };
-    let rows = scraped
+    let rows = scrape(client, base)
         .await
+        .ok()
         .and_then(|text| rows(&text, endpoint, workload.stream, seen));
     match &rows {
         Some(rows) => println!(

@@ -1,8 +1,7 @@
 //! The `soak` scenario: open-loop arrivals (evenly spaced, or Poisson with `--arrivals
 //! poisson`) at `--rate` requests per second against a running server for
 //! `--duration-secs`, with the server's RSS sampled every `--rss-interval-secs` (its pid
-//! is required). Results are kept per `--window-secs` window
-//! of send time. Pass criteria, after `--warmup-secs`:
+//! is required). Results are kept per `--window-secs` window of send time. Pass criteria, after `--warmup-secs`:
 //! - RSS growth under `--max-rss-growth` (the largest sample after warm-up against the
 //!   first one at or after it);
 //! - the end-to-end p95 of the last `--compare-secs` within `--max-p95-drift` of the p95
@@ -153,12 +152,11 @@ pub async fn run(args: SoakArgs) -> Result<bool, String> {
     let whole = windows
         .len()
         .min((args.duration_secs / window_secs) as usize);
-    let windows_whole = &windows[..whole];
     // The two spans may not overlap; a run too short for both has no drift (and fails).
     let (early_e2e, late_e2e) = if first_after + 2 * span <= whole {
         (
             Some(LoadStats::latencies_over(&windows[first_after..first_after + span]).e2e),
-            Some(LoadStats::latencies_over(&windows_whole[whole - span..]).e2e),
+            Some(LoadStats::latencies_over(&windows[whole - span..whole]).e2e),
         )
     } else {
         (None, None)
