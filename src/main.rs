@@ -1,5 +1,6 @@
 //! The `mlx-serve` command line.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,12 +49,13 @@ fn main() {
 }
 
 /// Log lines go to standard error, as text or JSON; `RUST_LOG` filters them (default
-/// `info`).
+/// `info`). Text is coloured only on a terminal, so a redirected log has no escape codes.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
