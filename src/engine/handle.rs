@@ -188,6 +188,7 @@ impl EngineHandle {
         let thread = std::thread::Builder::new()
             .name("mlx-engine".to_owned())
             .spawn(move || {
+                yield_to_front_end();
                 match Worker::new(load, config, worker_stats, metrics, worker_commands) {
                     Ok(mut worker) => {
                         // Stats are valid from the moment `start` returns.
@@ -422,3 +423,42 @@ impl From<Busy> for Rejection {
         }
     }
 }
+
+/// How far below the async threads the engine thread runs, in nice steps (Linux weighs a
+/// thread at nice 10 about a tenth of one at nice 0 when both want a core).
+#[cfg(target_os = "linux")]
+const ENGINE_NICE_STEPS: libc::c_int = 10;
+
+/// Lowers the scheduling priority of the calling thread, the engine thread, and so of
+/// every thread it starts afterwards (MLX's and OpenBLAS's workers, the KV store's reader
+/// and writer inherit it). A prefill keeps every core busy for seconds; at equal priority
+/// the async threads that read requests and answer refusals, health checks and streamed
+/// tokens get a core only in turn with it, milliseconds later on a machine with few cores
+/// (BENCHMARK_REPORT.md, refusals under a flood). Those threads need little CPU, so the
+/// engine loses almost nothing, and nothing at all when they are idle. A failure (a
+/// sandbox that forbids it) is logged and changes nothing else.
+#[cfg(target_os = "linux")]
+fn yield_to_front_end() {
+    // Linux keeps the nice value per thread, and `who = 0` names the calling thread.
+    // SAFETY: plain system calls on the calling thread; errno is thread-local.
+    let result = unsafe {
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if *libc::__errno_location() != 0 {
+            -1
+        } else {
+            let lowered = (current + ENGINE_NICE_STEPS).min(19);
+            libc::setpriority(libc::PRIO_PROCESS, 0, lowered)
+        }
+    };
+    if result != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the engine thread's priority; refusals may wait behind a prefill"
+        );
+    }
+}
+
+/// Elsewhere (macOS) the engine thread keeps the process's priority.
+#[cfg(not(target_os = "linux"))]
+fn yield_to_front_end() {}

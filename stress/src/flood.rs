@@ -88,11 +88,12 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
         .map(|index| {
             let client = client.clone();
             let url = url.clone();
+            // Serialized before the flood, so the times are the server's and the wire's.
             let body = request_body(&args, index);
             let barrier = Arc::clone(&barrier);
             tokio::spawn(async move {
                 barrier.wait().await;
-                send(&client, &url, &body).await
+                send(&client, &url, body).await
             })
         })
         .collect();
@@ -111,7 +112,7 @@ pub async fn run(args: FloodArgs) -> Result<bool, String> {
     let mut recovery = Recorder::default();
     for index in 0..args.recovery {
         let body = request_body(&args, args.concurrency + index);
-        let (outcome, latency, detail) = send(&client, &url, &body).await;
+        let (outcome, latency, detail) = send(&client, &url, body).await;
         if let Some(detail) = detail {
             recovery.note(&outcome, detail);
         }
@@ -187,9 +188,9 @@ const WORDS: [&str; 12] = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "the", "river",
 ];
 
-/// A completion request whose prompt shares no KV block with another index's: its first
-/// words differ, and block hashes chain over everything before them.
-fn request_body(args: &FloodArgs, index: usize) -> Value {
+/// A completion request, as JSON bytes, whose prompt shares no KV block with another
+/// index's: its first words differ, and block hashes chain over everything before them.
+fn request_body(args: &FloodArgs, index: usize) -> Vec<u8> {
     let words: Vec<&str> = WORDS
         .iter()
         .copied()
@@ -202,6 +203,8 @@ fn request_body(args: &FloodArgs, index: usize) -> Value {
         "max_tokens": args.max_tokens,
         "temperature": 0,
     })
+    .to_string()
+    .into_bytes()
 }
 
 /// Sends one request and reads its whole response: the outcome (status and error code),
@@ -209,10 +212,14 @@ fn request_body(args: &FloodArgs, index: usize) -> Value {
 async fn send(
     client: &reqwest::Client,
     url: &str,
-    body: &Value,
+    body: Vec<u8>,
 ) -> (Outcome, Duration, Option<String>) {
     let started = Instant::now();
-    let response = match client.post(url).json(body).send().await {
+    let request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    let response = match request.send().await {
         Ok(response) => response,
         Err(error) => {
             let outcome = if error.is_timeout() {
