@@ -55,7 +55,9 @@ else
     run bad-input bad-input --url "$URL"
     stop
     rm -rf "$OUT/kv"
-    serve --kv-cache-mb 256 --kv-store-dir "$OUT/kv"
+    # A batch slot per agent and a pool that holds all 20 contexts at their 2K-token end
+    # (stress/README.md): with less, agents queue past the queue timeout.
+    serve --kv-cache-mb 2048 --max-batch 20 --kv-store-dir "$OUT/kv"
     run agents agents --url "$URL"
     stop
     rm -rf "$OUT/kv"

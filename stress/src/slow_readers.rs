@@ -1,9 +1,10 @@
 //! The `slow-readers` scenario: normal streaming clients (closed loop) against a running
 //! server, first alone and then beside `--slow` clients that ask for long streams and
 //! read them at a trickle (one chunk every `--slow-read-ms`; 0: never after the first).
-//! Pass criteria: the normal clients' TTFT p99 with slow readers is at most
-//! `--max-ttft-ratio` times the p99 without them, and every normal request of both phases
-//! succeeded.
+//! The second phase starts once every slow stream has its first token. Pass criteria:
+//! every slow stream got that far, the normal clients' TTFT p99 with slow readers is at
+//! most `--max-ttft-ratio` times the p99 without them, and every normal request of both
+//! phases succeeded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,14 +57,16 @@ pub struct SlowReadersArgs {
     json: Option<std::path::PathBuf>,
 }
 
-/// One slow client: asks for a long stream, reads its first chunk, then one chunk every
-/// `read_every` (never again when zero) until `stop`. Returns whether the stream started.
+/// One slow client: asks for a long stream and reads it until it has its first token (the
+/// second event: a role-only chunk comes first), reporting that on `generating`; then it
+/// reads one chunk every `read_every` (never again when zero) until `stop`.
 async fn slow_client(
     client: reqwest::Client,
     args: SlowReadersArgs,
     index: usize,
+    generating: tokio::sync::oneshot::Sender<()>,
     stop: Arc<tokio::sync::Notify>,
-) -> bool {
+) {
     let body = json!({
         "model": args.model,
         "messages": [{"role": "user", "content": load::prompt(9_000_000 + index, args.prompt_words)}],
@@ -71,13 +74,20 @@ async fn slow_client(
     });
     let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
     let Ok(response) = client.post(url).json(&body).send().await else {
-        return false;
+        return;
     };
     if !response.status().is_success() {
-        return false;
+        return;
     }
     let mut chunks = response.bytes_stream();
-    let started = matches!(chunks.next().await, Some(Ok(_)));
+    let mut events = 0;
+    while events < 2 {
+        let Some(Ok(chunk)) = chunks.next().await else {
+            return;
+        };
+        events += chunk.windows(6).filter(|w| w == b"data: ").count();
+    }
+    let _ = generating.send(());
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
@@ -94,7 +104,6 @@ async fn slow_client(
             }
         }
     }
-    started
 }
 
 async fn phase(client: &reqwest::Client, args: &SlowReadersArgs, base: usize) -> LoadSummary {
@@ -137,23 +146,35 @@ pub async fn run(args: SlowReadersArgs) -> Result<bool, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let alone = phase(&client, &args, 0).await;
     let stop = Arc::new(tokio::sync::Notify::new());
-    let slow: Vec<_> = (0..args.slow)
-        .map(|i| {
-            tokio::spawn(slow_client(
-                slow_http.clone(),
-                args.clone(),
-                i,
-                Arc::clone(&stop),
-            ))
-        })
-        .collect();
-    // Let the slow streams start before the normal clients come back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut slow = Vec::new();
+    let mut generating = Vec::new();
+    for index in 0..args.slow {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        generating.push(receiver);
+        slow.push(tokio::spawn(slow_client(
+            slow_http.clone(),
+            args.clone(),
+            index,
+            sender,
+            Arc::clone(&stop),
+        )));
+    }
+    // The normal clients come back once every slow stream is generating: what is measured
+    // is the slow readers' reading, not their arrival (their prompts' prefill, seconds on
+    // a small machine, would otherwise delay the first normal requests). A slow client
+    // that fails drops its sender and is not counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut started = 0;
+    for receiver in generating {
+        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, receiver).await {
+            started += 1;
+        }
+    }
     let beside = phase(&client, &args, 1_000_000).await;
     stop.notify_waiters();
-    let mut started = 0;
     for task in slow {
-        started += usize::from(task.await.unwrap_or(false));
+        task.await
+            .map_err(|e| format!("a slow client task failed: {e}"))?;
     }
 
     println!(
@@ -163,13 +184,19 @@ pub async fn run(args: SlowReadersArgs) -> Result<bool, String> {
     println!("{}", load::TABLE_HEADER);
     println!("{}", load::row("normal clients alone", &alone));
     println!("{}", load::row("beside slow readers", &beside));
-    println!("\nslow streams started: {started} of {}", args.slow);
+    println!("\nslow streams generating: {started} of {}", args.slow);
     let ratio = beside.ttft.p99_ms / alone.ttft.p99_ms.max(1e-3);
     let mut failures = Vec::new();
     if alone.failed + beside.failed > 0 || alone.ok == 0 || beside.ok == 0 {
         failures.push(format!(
             "normal requests failed: {} alone, {} beside slow readers",
             alone.failed, beside.failed
+        ));
+    }
+    if started < args.slow {
+        failures.push(format!(
+            "only {started} of {} slow streams were generating",
+            args.slow
         ));
     }
     if ratio > args.max_ttft_ratio {
