@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mlx_serve::api::state::AppState;
 use mlx_serve::api::{server, shutdown};
 use mlx_serve::config::{LogFormat, ServeSettings};
-use mlx_serve::engine::EngineHandle;
+use mlx_serve::engine::{EngineHandle, priority};
 use mlx_serve::model::ModelError;
 use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::loader::{self, LoadOptions, LoadedModel, ModelSource};
@@ -33,6 +33,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread of ours exists, so that every other thread is a library's.
+    priority::lower_library_threads();
     let Command::Serve(settings) = Cli::parse().command;
     init_logging(settings.log_format);
     let result = serve(settings);

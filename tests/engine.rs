@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use mlx_serve::engine::sampling::SamplingParams;
+use mlx_serve::engine::scheduler::Busy;
 use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
 use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
 
@@ -230,6 +231,51 @@ async fn room_held_while_prompts_are_prepared_is_handed_over_or_given_back() {
     drop(third);
     let rooms = (engine.reserve(1), engine.reserve(1));
     assert!(rooms.0.is_ok() && rooms.1.is_ok(), "room left held");
+}
+
+#[tokio::test]
+async fn held_room_is_revoked_once_an_earlier_prompt_leaves_it_no_chance() {
+    // Two may run and none wait: two requests arriving together both get room, each
+    // counted at one block. The first's prompt then takes 41 of the 45 blocks, and the
+    // second could not start beside it (one block plus the watermark of four): it is
+    // refused before its prompt is ready, not after.
+    let engine = start(EngineConfig {
+        max_batch: 2,
+        max_queue: 0,
+        ..small_config()
+    });
+    assert_eq!(engine.stats().blocks_total, 45);
+    let first = engine.reserve(1).expect("room for the first");
+    let mut second = engine.reserve(1).expect("room for the second");
+    let long: Vec<u32> = (100..100 + 41 * 16).collect();
+    let mut pending = engine
+        .submit_all(
+            vec![request(&long, 2, SamplingParams::greedy())],
+            Some(first),
+        )
+        .expect("the first is taken");
+    let refused = tokio::time::timeout(DEADLINE, second.revoked())
+        .await
+        .expect("the second's room was not given up");
+    assert!(
+        matches!(refused, SubmitError::Busy(Busy::PoolExhausted)),
+        "{refused}"
+    );
+    // Had its client gone on to submit anyway, it is refused.
+    let Err(again) = engine.submit_all(
+        vec![request(&[5, 6, 7], 1, SamplingParams::greedy())],
+        Some(second),
+    ) else {
+        panic!("a revoked room still took its request");
+    };
+    assert!(matches!(again, SubmitError::Busy(_)), "{again}");
+    let stream = pending
+        .pop()
+        .expect("one ticket")
+        .admitted()
+        .await
+        .expect("admitted");
+    assert_eq!(collect(stream).await.usage.completion_tokens, 2);
 }
 
 #[tokio::test]

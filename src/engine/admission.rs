@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::handle::{EventStream, SubmitError};
-use super::scheduler::{Scheduler, SeqId};
+use super::scheduler::{Busy, RoomId, Scheduler, SeqId};
 use super::sequence::{FinishReason, GenerationRequest};
 use crate::metrics::engine::{EngineMetrics, Rejection};
 
@@ -34,6 +34,9 @@ pub(crate) struct Book {
     /// Queued, never admitted: the engine thread takes them out when it admits or refuses
     /// them; a ticket takes its own out on timeout or drop.
     pub queued: HashMap<SeqId, Queued>,
+    /// How to tell each request holding room that its room was given up
+    /// ([`Book::revoke_rooms`]).
+    pub revocations: HashMap<RoomId, oneshot::Sender<Busy>>,
     /// Set by the first drain: from then on every request is refused.
     pub draining: bool,
     /// The engine thread has ended: nothing will be admitted any more.
@@ -46,6 +49,7 @@ impl Book {
         Book {
             scheduler,
             queued: HashMap::new(),
+            revocations: HashMap::new(),
             draining: false,
             stopped: false,
             next_id: 0,
@@ -57,6 +61,17 @@ impl Book {
         let first = self.next_id;
         self.next_id += count as SeqId;
         (first..self.next_id).collect()
+    }
+
+    /// Gives up the held rooms that a submission crowded out
+    /// ([`Scheduler::revoke_rooms`]) and tells their requests why.
+    pub fn revoke_rooms(&mut self) {
+        for (room, busy) in self.scheduler.revoke_rooms() {
+            if let Some(revocation) = self.revocations.remove(&room) {
+                // The request may be gone already; its `Room` then gives back nothing.
+                let _ = revocation.send(busy);
+            }
+        }
     }
 
     /// Removes a queued request that will never be admitted, with its sequence.

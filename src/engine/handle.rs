@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::admission::{Admission, Pending, Queued};
+use super::admission::{Admission, Book, Pending, Queued};
 use super::block_pool::BlockHash;
 use super::config::{EngineConfig, StorePolicy};
 use super::persistence::PersistReport;
+use super::priority;
 use super::sampling::SamplingError;
 use super::scheduler::{AdmitError, Busy, CacheScope, Persist, RoomId};
 use super::sequence::{Event, GenerationRequest};
@@ -123,17 +124,57 @@ impl EventStream {
 /// Room in the queue held for a request whose prompts are still being prepared
 /// ([`EngineHandle::reserve`]): later arrivals are judged as if it were queued already.
 /// Handed to [`EngineHandle::submit_all`], it becomes the request's place; dropped (the
-/// request failed or its client left), it is given back.
+/// request failed or its client left), it is given back. The engine gives it up itself
+/// when earlier requests' prompts leave it no chance ([`Room::revoked`]).
 pub struct Room {
     admission: Arc<Admission>,
     /// The room held; `None` once handed over (or when none was needed).
     held: Option<RoomId>,
+    /// Answers, with the refusal, if the engine gives the room up.
+    revocation: Option<oneshot::Receiver<Busy>>,
+}
+
+impl Room {
+    /// Resolves when the engine gives this room up, with the refusal its request would
+    /// get at submission: prompts submitted since it was granted turned out larger than
+    /// counted, and now even the smallest prompts would overfill the queue. Race it
+    /// against preparing the prompts, so that such a request is refused at once instead
+    /// of after its turn at tokenization. Never resolves while the room holds (or when
+    /// none was held).
+    pub async fn revoked(&mut self) -> SubmitError {
+        let Some(revocation) = self.revocation.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Ok(busy) = revocation.await else {
+            // Only dropped with the room, once given back or handed over.
+            return std::future::pending().await;
+        };
+        self.revocation = None;
+        self.held = None;
+        self.admission
+            .metrics
+            .record_rejection(Rejection::from(busy));
+        SubmitError::Busy(busy)
+    }
+}
+
+impl Room {
+    /// Takes the room out for its request's submission, under the admission lock: the id
+    /// to submit in, or the refusal if the engine gave it up, or `None` if none was held.
+    fn hand_over(&mut self, book: &mut Book) -> Option<Result<RoomId, Busy>> {
+        let revoked = self.revocation.take().and_then(|mut r| r.try_recv().ok());
+        let held = self.held.take()?;
+        book.revocations.remove(&held);
+        Some(revoked.map_or(Ok(held), Err))
+    }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
         if let Some(room) = self.held.take() {
-            self.admission.lock().scheduler.release_room(room);
+            let mut book = self.admission.lock();
+            book.scheduler.release_room(room);
+            book.revocations.remove(&room);
         }
     }
 }
@@ -188,7 +229,7 @@ impl EngineHandle {
         let thread = std::thread::Builder::new()
             .name("mlx-engine".to_owned())
             .spawn(move || {
-                yield_to_front_end();
+                priority::yield_to_front_end();
                 match Worker::new(load, config, worker_stats, metrics, worker_commands) {
                     Ok(mut worker) => {
                         // Stats are valid from the moment `start` returns.
@@ -290,8 +331,9 @@ impl EngineHandle {
                 },
             });
         // Taken under the lock, so that the room passes to the prompts in one verdict.
-        let queued = match room.and_then(|mut room| room.held.take()) {
-            Some(held) => book.scheduler.submit_in_room(prompts, scope, held),
+        let queued = match room.and_then(|mut room| room.hand_over(&mut book)) {
+            Some(Ok(held)) => book.scheduler.submit_in_room(prompts, scope, held),
+            Some(Err(busy)) => Err(AdmitError::Busy(busy)),
             None => book.scheduler.submit(prompts, scope),
         };
         queued.map_err(|error| match error {
@@ -301,6 +343,8 @@ impl EngineHandle {
             }
             invalid => SubmitError::Invalid(invalid),
         })?;
+        // Prompts larger than their room's estimate may leave later rooms no chance.
+        book.revoke_rooms();
         let mut pending = Vec::with_capacity(requests.len());
         for (id, request) in ids.into_iter().zip(requests) {
             let (reply, answer) = oneshot::channel();
@@ -344,9 +388,15 @@ impl EngineHandle {
             metrics.record_rejection(Rejection::from(busy));
             SubmitError::Busy(busy)
         })?;
+        let revocation = held.map(|room| {
+            let (revoke, revocation) = oneshot::channel();
+            book.revocations.insert(room, revoke);
+            revocation
+        });
         Ok(Room {
             admission: Arc::clone(&self.admission),
             held,
+            revocation,
         })
     }
 
@@ -423,42 +473,3 @@ impl From<Busy> for Rejection {
         }
     }
 }
-
-/// How far below the async threads the engine thread runs, in nice steps (Linux weighs a
-/// thread at nice 10 about a tenth of one at nice 0 when both want a core).
-#[cfg(target_os = "linux")]
-const ENGINE_NICE_STEPS: libc::c_int = 10;
-
-/// Lowers the scheduling priority of the calling thread, the engine thread, and so of
-/// every thread it starts afterwards (MLX's and OpenBLAS's workers, the KV store's reader
-/// and writer inherit it). A prefill keeps every core busy for seconds; at equal priority
-/// the async threads that read requests and answer refusals, health checks and streamed
-/// tokens get a core only in turn with it, milliseconds later on a machine with few cores
-/// (BENCHMARK_REPORT.md, refusals under a flood). Those threads need little CPU, so the
-/// engine loses almost nothing, and nothing at all when they are idle. A failure (a
-/// sandbox that forbids it) is logged and changes nothing else.
-#[cfg(target_os = "linux")]
-fn yield_to_front_end() {
-    // Linux keeps the nice value per thread, and `who = 0` names the calling thread.
-    // SAFETY: plain system calls on the calling thread; errno is thread-local.
-    let result = unsafe {
-        *libc::__errno_location() = 0;
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if *libc::__errno_location() != 0 {
-            -1
-        } else {
-            let lowered = (current + ENGINE_NICE_STEPS).min(19);
-            libc::setpriority(libc::PRIO_PROCESS, 0, lowered)
-        }
-    };
-    if result != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot lower the engine thread's priority; refusals may wait behind a prefill"
-        );
-    }
-}
-
-/// Elsewhere (macOS) the engine thread keeps the process's priority.
-#[cfg(not(target_os = "linux"))]
-fn yield_to_front_end() {}

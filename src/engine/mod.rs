@@ -9,6 +9,7 @@ pub mod block_pool;
 mod config;
 mod handle;
 mod persistence;
+pub mod priority;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;

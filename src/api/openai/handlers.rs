@@ -35,10 +35,11 @@ pub async fn chat_completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    let room = engine
+    let mut room = engine
         .reserve(1)
         .map_err(|e| ApiError::from_submit(e, Endpoint::Chat))?;
-    let prompt = chat_prompt(&state, engine.model(), plan.messages).await?;
+    let preparing = chat_prompt(&state, engine.model(), plan.messages);
+    let prompt = unless_revoked(&mut room, Endpoint::Chat, preparing).await?;
     let context_length = engine.model().identity.context_length;
     let mut request = generation_request(prompt, &plan.generation, context_length, "messages")?;
     scope(&mut request, agent.as_ref(), salt);
@@ -64,10 +65,11 @@ pub async fn completions(
     let engine = state.engine()?;
     let plan = request.plan()?;
     let agent = check_request(engine, &record, &headers, &plan.model, &plan.generation)?;
-    let room = engine
+    let mut room = engine
         .reserve(plan.prompts.len())
         .map_err(|e| ApiError::from_submit(e, Endpoint::Completions))?;
-    let prompts = completion_prompts(&state, engine.model(), plan.prompts).await?;
+    let preparing = completion_prompts(&state, engine.model(), plan.prompts);
+    let prompts = unless_revoked(&mut room, Endpoint::Completions, preparing).await?;
     let context_length = engine.model().identity.context_length;
     let mut requests = prompts
         .into_iter()
@@ -86,6 +88,20 @@ pub async fn completions(
         room,
     )
     .await
+}
+
+/// Prepares the prompts in the request's room, or refuses the request as soon as the
+/// engine gives its room up: a 429 answered at once, not after its turn at tokenization
+/// behind the prompts that crowded it out.
+async fn unless_revoked<T>(
+    room: &mut Room,
+    endpoint: Endpoint,
+    preparing: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::select! {
+        prepared = preparing => prepared,
+        refused = room.revoked() => Err(ApiError::from_submit(refused, endpoint)),
+    }
 }
 
 /// The model must be ours; the agent id, if any, must be valid (it is logged with the

@@ -6,7 +6,7 @@
 use super::{CacheScope, Need, Scheduler, SeqId, Sequence};
 
 /// Room held in the queue by [`Scheduler::reserve_room`], numbered in order of arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoomId(u64);
 
 /// Why a request is refused at submission.
@@ -188,6 +188,25 @@ impl Scheduler {
     /// Gives back room held by [`Scheduler::reserve_room`] (nothing if already given).
     pub fn release_room(&mut self, room: RoomId) {
         self.rooms.remove(&room);
+    }
+
+    /// Gives up, in order of arrival, every held room that [`Scheduler::reserve_room`]
+    /// would now refuse: the prompts submitted since it was granted turned out larger
+    /// than the one block each it counted them at, and with them even the cheapest prompts
+    /// for this room would leave more than `max_queue` waiting. Its request could only be
+    /// refused at submission, after its prompts were prepared in vain; revoked, it is
+    /// refused as soon as it learns of it. Returns the rooms given up and why. Call it
+    /// after every submission; nothing else makes a held room's verdict worse.
+    pub fn revoke_rooms(&mut self) -> Vec<(RoomId, Busy)> {
+        let held: Vec<(RoomId, usize)> = self.rooms.iter().map(|(&r, &g)| (r, g)).collect();
+        let mut revoked = Vec::new();
+        for (room, generations) in held {
+            if let Err(busy) = self.queue_verdict(&cheapest(generations), Some(room)) {
+                self.rooms.remove(&room);
+                revoked.push((room, busy));
+            }
+        }
+        revoked
     }
 
     /// Generations of the room held for requests that arrived before `arrived` (all

@@ -658,3 +658,41 @@ fn a_later_arrival_never_crowds_out_an_earlier_one() {
     assert!(s.rooms.is_empty());
     s.check().unwrap();
 }
+
+#[test]
+fn held_room_that_a_larger_prompt_crowds_out_is_revoked() {
+    // Two may run and one wait. Three requests arriving together get room, counted at one
+    // block each; the first's prompt then takes all but one block of the pool.
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            max_batch: 2,
+            max_queue: 1,
+            ..config()
+        },
+        StoredBlocks::default(),
+    );
+    let rooms: Vec<RoomId> = (0..3)
+        .map(|_| s.reserve_room(1).unwrap().expect("room held"))
+        .collect();
+    assert!(s.revoke_rooms().is_empty(), "nothing was submitted yet");
+    s.submit_in_room(vec![(0, vec![1; 60])], CacheScope::default(), rooms[0])
+        .unwrap();
+    // The second can no longer start beside it and would wait; the third would be a
+    // second one waiting: it is given up, and the second keeps its room.
+    assert_eq!(
+        s.revoke_rooms(),
+        vec![(
+            rooms[2],
+            Busy::QueueFull {
+                waiting: 2,
+                limit: 1
+            }
+        )]
+    );
+    assert_eq!(s.rooms.keys().copied().collect::<Vec<_>>(), vec![rooms[1]]);
+    assert!(s.revoke_rooms().is_empty(), "a room is revoked once");
+    s.submit_in_room(vec![(1, vec![2; 3])], CacheScope::default(), rooms[1])
+        .unwrap();
+    assert_eq!(s.waiting(), 2);
+    s.check().unwrap();
+}
