@@ -178,7 +178,8 @@ impl Scheduler {
         if generations > self.config.max_batch + self.config.max_queue {
             return Ok(None);
         }
-        self.queue_verdict(&cheapest(generations), None)?;
+        let unknown: Vec<Need> = (0..generations).map(|_| CHEAPEST).collect();
+        self.queue_verdict(&unknown, None)?;
         let room = RoomId(self.next_room);
         self.next_room += 1;
         self.rooms.insert(room, generations);
@@ -198,13 +199,25 @@ impl Scheduler {
     /// refused as soon as it learns of it. Returns the rooms given up and why. Call it
     /// after every submission; nothing else makes a held room's verdict worse.
     pub fn revoke_rooms(&mut self) -> Vec<(RoomId, Busy)> {
-        let held: Vec<(RoomId, usize)> = self.rooms.iter().map(|(&r, &g)| (r, g)).collect();
+        // One replay of the queue, extended room by room with the rooms that stay: each
+        // room is judged as `queue_verdict` would judge it, behind the queue and the rooms
+        // before it that stay, at the cost of one verdict for them all.
+        let mut replay = self.replay_queue();
+        let mut held = 0;
         let mut revoked = Vec::new();
-        for (room, generations) in held {
-            if let Err(busy) = self.queue_verdict(&cheapest(generations), Some(room)) {
-                self.rooms.remove(&room);
-                revoked.push((room, busy));
+        for (&room, &generations) in &self.rooms {
+            let mut with_room = replay.clone();
+            with_room.push_cheapest(self, generations);
+            match self.verdict(&with_room, held) {
+                Ok(()) => {
+                    replay = with_room;
+                    held += generations;
+                }
+                Err(busy) => revoked.push((room, busy)),
             }
+        }
+        for (room, _) in &revoked {
+            self.rooms.remove(room);
         }
         revoked
     }
@@ -219,15 +232,26 @@ impl Scheduler {
     }
 
     /// Whether `new` may join the queue: not when more than `max_queue` generations would
-    /// be left waiting after the next step's admissions. `arrived` says which held room
-    /// counts ([`Scheduler::held_before`]).
+    /// be left waiting after the next step's admissions, replayed over the queue, then the
+    /// room held for requests still being prepared (as the cheapest prompts), then `new`.
+    /// `arrived` says which held room counts ([`Scheduler::held_before`]).
     fn queue_verdict(&self, new: &[Need], arrived: Option<RoomId>) -> Result<(), Busy> {
         let held = self.held_before(arrived);
-        let (left_waiting, blocked_by) = self.predict_waiting(held, new);
-        if left_waiting <= self.config.max_queue {
+        let mut replay = self.replay_queue();
+        replay.push_cheapest(self, held);
+        for need in new {
+            replay.push(self, need);
+        }
+        self.verdict(&replay, held)
+    }
+
+    /// The verdict on a replay that ends with the request being judged, behind `held`
+    /// generations of room.
+    fn verdict(&self, replay: &Replay, held: usize) -> Result<(), Busy> {
+        if replay.waiting() <= self.config.max_queue {
             return Ok(());
         }
-        Err(match blocked_by {
+        Err(match replay.blocked_by {
             Some(reason) if self.config.max_queue == 0 => reason,
             _ => Busy::QueueFull {
                 waiting: self.waiting.len() + held,
@@ -236,12 +260,9 @@ impl Scheduler {
         })
     }
 
-    /// Replays the next step's admission over the queue, then `held` generations of room
-    /// held for requests still being prepared, then `new`, counting paused sequences'
-    /// slots and blocks as free (they are parked on demand). Returns how many
-    /// generations would be left waiting, and what stopped the admissions (every one after
-    /// the first that cannot start waits).
-    fn predict_waiting(&self, held: usize, new: &[Need]) -> (usize, Option<Busy>) {
+    /// The next step's admissions replayed over the queue, counting paused sequences'
+    /// slots and blocks as free (they are parked on demand).
+    fn replay_queue(&self) -> Replay {
         let paused: Vec<SeqId> = self
             .running
             .iter()
@@ -249,44 +270,72 @@ impl Scheduler {
             .filter(|id| self.sequences[id].paused)
             .collect();
         let active = self.running.len() - paused.len();
-        let mut slots = self.config.max_batch.saturating_sub(active);
         let reclaimable: usize = paused.iter().map(|&id| self.exclusive_blocks(id)).sum();
-        let mut available = self.pool.available() + reclaimable;
-        let mut alone = active == 0;
-        let queued: Vec<Need> = self
-            .waiting
-            .iter()
-            .map(|id| self.need(&self.sequences[id]))
-            .chain(cheapest(held))
-            .collect();
-        let mut started = 0;
-        let mut blocked_by = None;
-        for need in queued.iter().chain(new) {
-            let cost = self.pool.admission_cost(&need.prefix, need.fresh);
-            if slots == 0 {
-                blocked_by = Some(Busy::BatchFull);
-            } else if !self.fits(cost, available, alone) {
-                blocked_by = Some(Busy::PoolExhausted);
-            } else {
-                slots -= 1;
-                available -= cost;
-                alone = false;
-                started += 1;
-                continue;
-            }
-            break;
+        let mut replay = Replay {
+            slots: self.config.max_batch.saturating_sub(active),
+            available: self.pool.available() + reclaimable,
+            alone: active == 0,
+            considered: 0,
+            started: 0,
+            blocked_by: None,
+        };
+        for id in &self.waiting {
+            replay.push(self, &self.need(&self.sequences[id]));
         }
-        (queued.len() + new.len() - started, blocked_by)
+        replay
     }
 }
 
-/// What `generations` prompts not yet known need at the least: one fresh block each.
-fn cheapest(generations: usize) -> Vec<Need> {
-    (0..generations)
-        .map(|_| Need {
-            prefix: Vec::new(),
-            fresh: 1,
-            restore: 0,
-        })
-        .collect()
+/// What a prompt not yet known needs at the least: one fresh block.
+const CHEAPEST: Need = Need {
+    prefix: Vec::new(),
+    fresh: 1,
+    restore: 0,
+};
+
+/// A prediction of the next step's admissions, one need at a time in queue order. Every
+/// need after the first that cannot start waits, as in the step itself.
+#[derive(Debug, Clone)]
+struct Replay {
+    slots: usize,
+    available: usize,
+    /// Nothing runs, so an admission may take the watermark too.
+    alone: bool,
+    /// Needs replayed, and how many of them would start.
+    considered: usize,
+    started: usize,
+    /// What stopped the admissions.
+    blocked_by: Option<Busy>,
+}
+
+impl Replay {
+    fn push(&mut self, scheduler: &Scheduler, need: &Need) {
+        self.considered += 1;
+        if self.blocked_by.is_some() {
+            return;
+        }
+        let cost = scheduler.pool.admission_cost(&need.prefix, need.fresh);
+        if self.slots == 0 {
+            self.blocked_by = Some(Busy::BatchFull);
+        } else if !scheduler.fits(cost, self.available, self.alone) {
+            self.blocked_by = Some(Busy::PoolExhausted);
+        } else {
+            self.slots -= 1;
+            self.available -= cost;
+            self.alone = false;
+            self.started += 1;
+        }
+    }
+
+    /// `generations` prompts not yet known, at the least they need ([`CHEAPEST`]).
+    fn push_cheapest(&mut self, scheduler: &Scheduler, generations: usize) {
+        for _ in 0..generations {
+            self.push(scheduler, &CHEAPEST);
+        }
+    }
+
+    /// Generations that would be left waiting.
+    fn waiting(&self) -> usize {
+        self.considered - self.started
+    }
 }
