@@ -9,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mlx_serve::config::DEFAULT_MODEL;
 use mlx_serve::engine::sampling::SamplingParams;
 use mlx_serve::engine::sequence::{Event, GenerationRequest};
-use mlx_serve::engine::{EngineConfig, EngineHandle};
+use mlx_serve::engine::{EngineConfig, EngineHandle, EngineStats, StepPhase};
 use mlx_serve::model::hub::HubOptions;
 use mlx_serve::model::loader::{self, LoadOptions, ModelSource};
 use mlx_serve::model::weights::WeightMode;
@@ -91,8 +91,11 @@ fn engine_throughput(c: &mut Criterion) {
             })
         });
         let after = engine.stats();
-        let step = after.step_seconds - before.step_seconds;
-        let forward = after.forward_seconds - before.forward_seconds;
+        let forward = |stats: &EngineStats| {
+            stats.profile.phase(StepPhase::Build) + stats.profile.phase(StepPhase::Evaluate)
+        };
+        let step = after.profile.total_seconds() - before.profile.total_seconds();
+        let forward = forward(&after) - forward(&before);
         eprintln!(
             "engine overhead at {concurrency} concurrent: {:.2}% of step time \
              ({:.1} ms per step outside the forward pass over {} steps)",

@@ -6,7 +6,8 @@
 //! - `batched_decode/B`: one decode step of B sequences at 512 tokens of context each
 //!   (throughput = B tokens);
 //! - `decode_1k_block_size/S`: `decode_1k` with S-token blocks, for the block-size choice;
-//! - `decode_1k_scattered`: `decode_1k` with non-consecutive blocks (keys gathered).
+//! - `decode_1k_scattered`: `decode_1k` with non-consecutive blocks (keys gathered);
+//! - `decode_1k_shared_prefix`: `decode_1k` with the first block elsewhere (two runs).
 //!
 //! Criterion's `elem/s` is tokens/s. Each iteration rewrites the same cache slots, so the
 //! context length stays fixed. `scripts/bench_model.sh` runs this and the mlx-lm baseline in
@@ -128,6 +129,26 @@ fn model_steps(c: &mut Criterion) {
         let mut setup = Setup::new(&model, 2, context + 1, 16);
         let blocks = (context + 1).div_ceil(16) as u32;
         setup.tables[0] = (0..blocks).map(|b| 2 * b).collect();
+        setup.step(&model, &[(0, &tokens(2, context, vocab), 0)]);
+        let next = tokens(3, 1, vocab);
+        group.bench_function("16", |b| {
+            b.iter(|| setup.step(&model, &[(0, &next, context)]))
+        });
+    }
+    group.finish();
+
+    // The same decode step when the sequence's first block sits elsewhere (a prompt prefix
+    // shared with another sequence) and the rest is its own run: read as two runs.
+    let mut group = c.benchmark_group("decode_1k_shared_prefix");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    {
+        let context = 1024;
+        let mut setup = Setup::new(&model, 2, context + 1, 16);
+        let blocks = (context + 1).div_ceil(16) as u32;
+        setup.tables[0] = std::iter::once(2 * blocks - 1)
+            .chain(0..blocks - 1)
+            .collect();
         setup.step(&model, &[(0, &tokens(2, context, vocab), 0)]);
         let next = tokens(3, 1, vocab);
         group.bench_function("16", |b| {

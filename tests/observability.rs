@@ -216,6 +216,32 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
     );
     assert_eq!(reported.completion, 15);
     assert_eq!(engine("mlx_serve_generation_tokens_total"), 15.0);
+    // The step profile accounts for every step, by kind; a decode step runs one token per
+    // sequence, and the prompts' own steps took evaluation time.
+    let kind = |name: &str, kind: &str| {
+        delta(
+            &before,
+            &after,
+            &format!("mlx_serve_engine_profile_{name}"),
+            &[("kind", kind)],
+        )
+    };
+    assert_eq!(
+        kind("steps_total", "decode") + kind("steps_total", "prefill"),
+        engine("mlx_serve_engine_steps_total")
+    );
+    assert_eq!(
+        kind("sequences_total", "decode"),
+        kind("tokens_total", "decode")
+    );
+    assert!(kind("tokens_total", "prefill") >= (reported.prompt - reported.cached) as f64);
+    let prefill_evaluate = delta(
+        &before,
+        &after,
+        "mlx_serve_engine_profile_seconds_total",
+        &[("kind", "prefill"), ("phase", "evaluate")],
+    );
+    assert!(prefill_evaluate > 0.0, "{prefill_evaluate}");
     assert_eq!(
         engine("mlx_serve_prompt_tokens_total"),
         reported.prompt as f64

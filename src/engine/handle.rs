@@ -17,6 +17,7 @@ use super::sampling::SamplingError;
 use super::scheduler::{AdmitError, Busy, CacheScope, Persist, RoomId};
 use super::sequence::{Event, GenerationRequest};
 use super::served_model::ServedModel;
+use super::step_profile::StepProfile;
 use super::worker::{Command, Worker};
 use crate::cache_store::KvStore;
 use crate::metrics::engine::{EngineMetrics, Rejection};
@@ -89,10 +90,8 @@ pub struct EngineStats {
     /// Paused sequences that gave up their slot and blocks to others.
     pub paused_preemptions: u64,
     pub draining: bool,
-    /// Seconds spent in steps in total, and the part of it inside the model's forward pass:
-    /// the difference is the engine's own overhead (scheduling, sampling, detokenizing).
-    pub step_seconds: f64,
-    pub forward_seconds: f64,
+    /// Where the engine thread's step time went, by kind of step and phase.
+    pub profile: StepProfile,
 }
 
 impl EngineStats {

@@ -14,6 +14,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 pub mod served_model;
+pub mod step_profile;
 pub mod stop;
 mod worker;
 
@@ -22,3 +23,4 @@ pub use config::{EngineConfig, StorePolicy};
 pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, Room, SubmitError};
 pub use persistence::PersistReport;
 pub use served_model::{PromptError, ServedModel};
+pub use step_profile::{KindProfile, StepKind, StepPhase, StepProfile};

@@ -120,10 +120,16 @@ impl SequenceState {
         self.usage.cached_tokens = cached;
     }
 
-    /// Samples the next token from `logits` and returns it with the events to send; a
-    /// `Finished` event is always last and means the sequence is over.
-    pub fn advance(&mut self, logits: &[f32]) -> Result<(u32, Vec<Event>), TokenizerError> {
-        let sampled = self.sampler.sample(logits);
+    /// Samples the next token from `logits`; [`Self::accept`] then takes it into the text.
+    /// Two calls so the engine can time sampling and detokenizing apart.
+    pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
+        self.sampler.sample(logits)
+    }
+
+    /// Detokenizes `sampled` (from [`Self::sample`]) and matches stop sequences; returns
+    /// the token with the events to send. A `Finished` event is always last and means the
+    /// sequence is over.
+    pub fn accept(&mut self, sampled: SampledToken) -> Result<(u32, Vec<Event>), TokenizerError> {
         let token = sampled.token;
         self.usage.completion_tokens += 1;
         let mut events = Vec::with_capacity(2);
@@ -206,7 +212,8 @@ mod tests {
         let mut state = SequenceState::new(request, tokenizer, 0);
         let mut text = String::new();
         for &token in tokens {
-            let (chosen, events) = state.advance(&pick(token, vocab)).unwrap();
+            let sampled = state.sample(&pick(token, vocab));
+            let (chosen, events) = state.accept(sampled).unwrap();
             assert_eq!(chosen, token);
             for event in events {
                 match event {

@@ -27,6 +27,7 @@ use super::persistence::{PersistReport, Persistence};
 use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
 use super::sequence::{Event, FinishReason, SequenceState};
 use super::served_model::ServedModel;
+use super::step_profile::{StepKind, StepPhase, StepTimer};
 use crate::cache_store::{KvDtype, KvLayout, KvStore, ReadOutcome, StoreIdentity, StoredBlocks};
 use crate::metrics::engine::{AbortCause, EngineLatency, EngineMetrics, Rejection};
 use crate::model::ModelError;
@@ -93,6 +94,17 @@ struct Live {
     requeued_since: Option<Instant>,
     /// Its agent: a manifest of its context is kept.
     agent: Option<String>,
+}
+
+/// What one step ran, for the step profile.
+#[derive(Debug, Clone, Copy)]
+struct StepRan {
+    kind: StepKind,
+    sequences: usize,
+    /// New tokens run (prompt and decoded).
+    tokens: usize,
+    /// Tokens generated (sampled).
+    generated: usize,
 }
 
 /// When a sequence passed each point of its life, for the latency metrics.
@@ -305,21 +317,34 @@ impl Worker {
             self.expire();
             self.check_drain();
             let started = Instant::now();
-            let generated = {
+            let mut timer = StepTimer::start();
+            let ran = {
                 let _gate = STEP_GATE.read().unwrap_or_else(|p| p.into_inner());
-                self.step()
+                self.step(&mut timer)
             };
+            let generated = ran.map_or(0, |ran| ran.generated);
             let elapsed = started.elapsed().as_secs_f64();
-            self.counters.step_seconds += elapsed;
             let rate = if elapsed > 0.0 {
                 generated as f64 / elapsed
             } else {
                 0.0
             };
+            if let Some(ran) = ran {
+                self.counters
+                    .profile
+                    .add(ran.kind, ran.sequences, ran.tokens, &timer);
+            }
             // Before the step's events go out: a client that has its last event sees stats
-            // in which its blocks are already back.
+            // in which its blocks are already back (and this step in the profile).
             self.publish_stats(rate);
             self.flush_outboxes();
+            if let Some(ran) = ran {
+                self.counters.profile.add_phase(
+                    ran.kind,
+                    StepPhase::Deliver,
+                    timer.since_last_lap(),
+                );
+            }
             if generated == 0 && !self.idle() {
                 // Only paused or waiting work: wait briefly for a command or a client.
                 match inbox.recv_timeout(Duration::from_millis(2)) {
@@ -398,8 +423,9 @@ impl Worker {
         let _ = self.commands.send(Command::Wake);
     }
 
-    /// Plans and runs one forward step; returns the number of tokens generated.
-    fn step(&mut self) -> usize {
+    /// Plans and runs one forward step, timing its phases on `timer`; says what ran, or
+    /// `None` when no forward pass did.
+    fn step(&mut self, timer: &mut StepTimer) -> Option<StepRan> {
         let now = Instant::now();
         let (mut step, admitted, refused) = {
             let mut book = self.admission.lock();
@@ -461,8 +487,19 @@ impl Worker {
             .iter()
             .filter(|c| self.live.get(&c.id).is_some_and(|l| !l.ended))
             .collect();
-        let Some((chunks, logits)) = self.forward(chunks) else {
-            return 0;
+        timer.lap(StepPhase::Schedule);
+        let (chunks, logits, build) = self.forward(chunks)?;
+        timer.lap(StepPhase::Evaluate);
+        timer.move_into(StepPhase::Build, build.as_secs_f64(), StepPhase::Evaluate);
+        let ran = StepRan {
+            kind: if chunks.iter().all(|c| c.tokens.len() == 1 && c.samples) {
+                StepKind::Decode
+            } else {
+                StepKind::Prefill
+            },
+            sequences: chunks.len(),
+            tokens: chunks.iter().map(|c| c.tokens.len()).sum(),
+            generated: 0,
         };
         let logits = logits.as_slice::<f32>();
         let vocab = self.loaded.model.config().vocab_size;
@@ -479,7 +516,12 @@ impl Worker {
             let Some(live) = self.live.get_mut(&chunk.id) else {
                 continue;
             };
-            match live.state.advance(&logits[row * vocab..(row + 1) * vocab]) {
+            timer.lap(StepPhase::Bookkeeping);
+            let sampled = live.state.sample(&logits[row * vocab..(row + 1) * vocab]);
+            timer.lap(StepPhase::Sample);
+            let accepted = live.state.accept(sampled);
+            timer.lap(StepPhase::Detokenize);
+            match accepted {
                 Ok((token, events)) => {
                     generated += 1;
                     live.timing.token(now, &mut observations);
@@ -515,17 +557,18 @@ impl Worker {
         }
         self.counters.generated_tokens += generated as u64;
         self.counters.steps += 1;
-        generated
+        timer.lap(StepPhase::Bookkeeping);
+        Some(StepRan { generated, ..ran })
     }
 
     /// Runs the model over `chunks`. A chunk the model refuses to plan (an inconsistent
     /// block table or token) ends only its own request, and the step runs without it; a
     /// failure of the step itself ends every request in it. Returns the chunks that ran
-    /// and their logits, `[chunks, vocab]`.
+    /// and their logits, `[chunks, vocab]`, with the time it took to build the graph.
     fn forward<'a>(
         &mut self,
         mut chunks: Vec<&'a ScheduledChunk>,
-    ) -> Option<(Vec<&'a ScheduledChunk>, mlx_rs::Array)> {
+    ) -> Option<(Vec<&'a ScheduledChunk>, mlx_rs::Array, Duration)> {
         loop {
             if chunks.is_empty() {
                 return None;
@@ -538,11 +581,8 @@ impl Worker {
                     block_table: &c.block_table,
                 })
                 .collect();
-            let started = Instant::now();
-            let result = self.loaded.model.forward(&plan, &mut self.cache);
-            self.counters.forward_seconds += started.elapsed().as_secs_f64();
-            match result {
-                Ok(logits) => return Some((chunks, logits)),
+            match self.loaded.model.forward_timed(&plan, &mut self.cache) {
+                Ok((logits, build)) => return Some((chunks, logits, build)),
                 Err(ModelError::Batch(error)) if error.sequence().is_some() => {
                     let index = error.sequence().unwrap_or_default();
                     let id = chunks[index].id;

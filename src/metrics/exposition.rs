@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use super::MetricsSnapshot;
 use super::http::RouteKey;
 use super::latency::SeriesSnapshot;
-use crate::engine::EngineStats;
+use crate::engine::{EngineStats, StepKind, StepPhase, StepProfile};
 use crate::metrics::engine::StoreFigures;
 
 /// The `Content-Type` of the exposition.
@@ -365,6 +365,46 @@ impl Exposition {
         Ok(())
     }
 
+    fn encode_step_profile(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        profile: &StepProfile,
+    ) -> std::fmt::Result {
+        let kinds = || StepKind::ALL.into_iter().map(|k| (k, profile.kind(k)));
+        labelled_counters(
+            encoder,
+            "engine_profile_steps",
+            "Engine forward steps by kind (decode: one token per sequence; prefill: with a prompt chunk)",
+            kinds().map(|(k, p)| ([("kind", k.as_str())], p.steps)),
+        )?;
+        labelled_counters(
+            encoder,
+            "engine_profile_sequences",
+            "Sequences run, summed over steps, by kind of step",
+            kinds().map(|(k, p)| ([("kind", k.as_str())], p.sequences)),
+        )?;
+        labelled_counters(
+            encoder,
+            "engine_profile_tokens",
+            "New tokens run (prompt and decoded), summed over steps, by kind of step",
+            kinds().map(|(k, p)| ([("kind", k.as_str())], p.tokens)),
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "engine_profile_seconds",
+            "Engine thread time in steps, by kind of step and phase (docs/performance.md)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, totals) in kinds() {
+            for phase in StepPhase::ALL {
+                metric
+                    .encode_family(&[("kind", kind.as_str()), ("phase", phase.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&totals.phase(phase), None)?;
+            }
+        }
+        Ok(())
+    }
+
     fn encode_engine_state(
         &self,
         encoder: &mut DescriptorEncoder<'_>,
@@ -390,6 +430,7 @@ impl Exposition {
             stats.paused_preemptions,
         )?;
         counter(encoder, "engine_steps", "Engine forward steps", stats.steps)?;
+        self.encode_step_profile(encoder, &stats.profile)?;
         gauge(
             encoder,
             "requests_running",

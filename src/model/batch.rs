@@ -86,14 +86,52 @@ impl BatchError {
     }
 }
 
+/// A sequence whose blocks form at most this many runs of consecutive blocks is read run by
+/// run (a slice each, then one concatenation); one with more is gathered block by block.
+/// Slices copy whole runs at memory speed, while the gather walks the pool element by
+/// element, so a few runs (a shared prompt prefix, then the sequence's own blocks) cost a
+/// fraction of a gather.
+pub const MAX_RUNS: usize = 8;
+
 /// Where one sequence's keys and values live in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyLocation {
     /// Its blocks are consecutive: the history is the slot range starting here, read in
     /// place (no copy).
     Run { first_slot: usize },
+    /// Its blocks form 2 to [`MAX_RUNS`] runs of consecutive blocks: `(first slot, tokens)`
+    /// of each, in order, concatenated into a contiguous copy.
+    Runs(Vec<(usize, usize)>),
     /// Its blocks are scattered: these blocks are gathered, in order, into a contiguous copy.
     Blocks(Vec<i32>),
+}
+
+impl KeyLocation {
+    /// The location of the first `len` tokens of a sequence whose blocks are `table`
+    /// (which covers them).
+    fn of(table: &[u32], len: usize, block_size: usize) -> KeyLocation {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut left = len;
+        for (i, &block) in table.iter().enumerate() {
+            let tokens = block_size.min(left);
+            left -= tokens;
+            let slot = block as usize * block_size;
+            match runs.last_mut() {
+                Some((first, run)) if i > 0 && table[i - 1] + 1 == block => {
+                    debug_assert_eq!(*first + *run, slot);
+                    *run += tokens;
+                }
+                _ => runs.push((slot, tokens)),
+            }
+        }
+        match runs.len() {
+            1 => KeyLocation::Run {
+                first_slot: runs[0].0,
+            },
+            n if n <= MAX_RUNS => KeyLocation::Runs(runs),
+            _ => KeyLocation::Blocks(table.iter().map(|&b| b as i32).collect()),
+        }
+    }
 }
 
 /// One sequence's part of the step.
@@ -187,19 +225,11 @@ impl BatchPlan {
                 positions.push(position as i32);
                 slots.push(slot as i32);
             }
-            let consecutive = table.windows(2).all(|pair| pair[1] == pair[0] + 1);
-            let keys = if consecutive {
-                KeyLocation::Run {
-                    first_slot: table[0] as usize * block_size,
-                }
-            } else {
-                KeyLocation::Blocks(table.iter().map(|&b| b as i32).collect())
-            };
             sequences.push(SequencePlan {
                 token_offset,
                 chunk_len: chunk.tokens.len(),
                 kv_len: len,
-                keys,
+                keys: KeyLocation::of(table, len, block_size),
             });
         }
 
@@ -277,7 +307,8 @@ mod tests {
                     token_offset: 0,
                     chunk_len: 1,
                     kv_len: 6,
-                    keys: KeyLocation::Blocks(vec![4, 2]),
+                    // Two runs: all of block 4, then the first 2 slots of block 2.
+                    keys: KeyLocation::Runs(vec![(16, 4), (8, 2)]),
                 },
                 SequencePlan {
                     token_offset: 1,
@@ -294,6 +325,35 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn many_runs_are_gathered_block_by_block() {
+        // Every other block: as many runs as blocks.
+        let table: Vec<u32> = (0..=MAX_RUNS as u32).map(|b| 2 * b).collect();
+        let len = 4 * table.len() - 1;
+        let tokens = [5];
+        let chunk = SequenceChunk {
+            tokens: &tokens,
+            cached: len - 1,
+            block_table: &table,
+        };
+        let plan = BatchPlan::new(&[chunk], 4, 64, 1000, 10).unwrap();
+        let gathered: Vec<i32> = table.iter().map(|&b| b as i32).collect();
+        assert_eq!(plan.sequences[0].keys, KeyLocation::Blocks(gathered));
+        // One run fewer is read run by run, the last run cut at the sequence's length.
+        let chunk = SequenceChunk {
+            block_table: &table[..MAX_RUNS],
+            cached: 4 * MAX_RUNS - 2,
+            ..chunk
+        };
+        let plan = BatchPlan::new(&[chunk], 4, 64, 1000, 10).unwrap();
+        let KeyLocation::Runs(runs) = &plan.sequences[0].keys else {
+            panic!("expected runs, got {:?}", plan.sequences[0].keys);
+        };
+        assert_eq!(runs.len(), MAX_RUNS);
+        assert_eq!(runs[0], (0, 4));
+        assert_eq!(runs[MAX_RUNS - 1], (8 * (MAX_RUNS - 1), 3));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{TryIndexOp, scatter_single, take_axis};
-use mlx_rs::ops::zeros_dtype;
+use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
@@ -190,8 +190,8 @@ impl PagedKvCache {
     }
 
     /// One sequence's first `len` keys and values in `layer`, as `[1, kv_heads, len,
-    /// head_dim]`: a view into the pool when its blocks are consecutive, else a gathered
-    /// copy of its blocks.
+    /// head_dim]`: a view into the pool when its blocks are consecutive, else a copy of its
+    /// runs of blocks (concatenated) or of its blocks (gathered).
     pub fn sequence(
         &self,
         layer: usize,
@@ -204,6 +204,16 @@ impl PagedKvCache {
                 KeyLocation::Run { first_slot } => {
                     let first = *first_slot as i32;
                     pool.try_index((.., first..first + len, ..))?
+                }
+                KeyLocation::Runs(runs) => {
+                    let slices = runs
+                        .iter()
+                        .map(|&(first, tokens)| {
+                            let (first, tokens) = (first as i32, tokens as i32);
+                            pool.try_index((.., first..first + tokens, ..))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    concatenate(&slices, 1)?
                 }
                 KeyLocation::Blocks(blocks) => {
                     let block_size = self.config.block_size as i32;

@@ -9,6 +9,8 @@
 //! for a chunk, none for one token). So sequences never see each other's history, and
 //! single-stream outputs match the reference.
 
+use std::time::{Duration, Instant};
+
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
 use mlx_rs::ops::indexing::{TryIndexOp, take_axis};
@@ -207,6 +209,17 @@ impl LlamaModel {
         chunks: &[SequenceChunk<'_>],
         cache: &mut PagedKvCache,
     ) -> Result<Array, ModelError> {
+        self.forward_timed(chunks, cache).map(|(logits, _)| logits)
+    }
+
+    /// [`Self::forward`], also returning how long planning and building the lazy graph took
+    /// (the rest of the call is its evaluation): the engine's step profile splits the two.
+    pub fn forward_timed(
+        &self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut PagedKvCache,
+    ) -> Result<(Array, Duration), ModelError> {
+        let started = Instant::now();
         let pool = cache.config();
         let plan = BatchPlan::new(
             chunks,
@@ -216,10 +229,11 @@ impl LlamaModel {
             self.config.vocab_size,
         )?;
         let logits = self.forward_lazy(&plan, cache)?;
+        let build = started.elapsed();
         let mut outputs = cache.arrays();
         outputs.push(&logits);
         mlx_rs::transforms::eval(outputs)?;
-        Ok(logits)
+        Ok((logits, build))
     }
 
     fn forward_lazy(&self, plan: &BatchPlan, cache: &mut PagedKvCache) -> Result<Array, Exception> {

@@ -133,17 +133,46 @@ async fn probe(client: &reqwest::Client, args: &CompareArgs) -> Result<Vec<Probe
     Ok(steps)
 }
 
+/// The side-by-side requests: streamed chat completions of exactly `max_tokens` tokens.
+pub fn workload(url: &str, model: &str, max_tokens: u64) -> Workload {
+    Workload {
+        base: url.to_owned(),
+        model: model.to_owned(),
+        endpoint: Endpoint::Chat,
+        stream: true,
+        max_tokens,
+        ignore_eos: true,
+    }
+}
+
+/// One run of the side-by-side load: `concurrency` workers in a closed loop sending
+/// `requests` in all, each with a distinct ~`words`-word prompt numbered from `first`.
+pub async fn closed_loop(
+    client: &reqwest::Client,
+    workload: &Workload,
+    concurrency: usize,
+    requests: usize,
+    first: usize,
+    words: usize,
+) -> LoadSummary {
+    load::drive_count(
+        client,
+        workload,
+        Pace::Closed { concurrency },
+        requests,
+        std::sync::Arc::new(move |i: usize| Request {
+            prompt: load::prompt(first + i, words).into(),
+            agent: None,
+        }),
+    )
+    .await
+    .summary()
+}
+
 /// Runs the scenario; `Ok(false)` when a request failed.
 pub async fn run(args: CompareArgs) -> Result<bool, String> {
     let client = crate::report::http_client(args.timeout_secs)?;
-    let workload = Workload {
-        base: args.url.clone(),
-        model: args.model.clone(),
-        endpoint: Endpoint::Chat,
-        stream: true,
-        max_tokens: args.max_tokens,
-        ignore_eos: true,
-    };
+    let workload = workload(&args.url, &args.model, args.max_tokens);
     let mut levels = Vec::new();
     if !args.probe_only {
         println!("## {}: {} runs per level, medians\n", args.label, args.runs);
@@ -160,20 +189,18 @@ pub async fn run(args: CompareArgs) -> Result<bool, String> {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             let requests = concurrency * args.requests_per_worker;
-            let (base, words) = (seed, args.prompt_words);
+            runs.push(
+                closed_loop(
+                    &client,
+                    &workload,
+                    concurrency,
+                    requests,
+                    seed,
+                    args.prompt_words,
+                )
+                .await,
+            );
             seed += 1_000_000;
-            let stats = load::drive_count(
-                &client,
-                &workload,
-                Pace::Closed { concurrency },
-                requests,
-                std::sync::Arc::new(move |i: usize| Request {
-                    prompt: load::prompt(base + i, words).into(),
-                    agent: None,
-                }),
-            )
-            .await;
-            runs.push(stats.summary());
         }
         let peak = sampler
             .map(|s| s.finish())

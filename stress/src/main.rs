@@ -20,6 +20,8 @@
 //!   their TTFT p99 may at most double.
 //! - `compare`: throughput, TTFT, ITL and peak RSS at concurrency 1/4/8/16 and a
 //!   prompt-cache probe, for side-by-side tables of two servers.
+//! - `profile`: the side-by-side load at each concurrency with mlx-serve's step profile
+//!   (time per kind of step and phase) and per-thread CPU around it.
 //! - `agents`: 20 agents at once, 100 turns each with growing contexts: TTFT percentiles
 //!   and the share of prompt tokens from cache.
 //! - `bad-input`: 10,000 generated hostile requests: each a 4xx in the error envelope,
@@ -39,6 +41,7 @@ mod encodings;
 mod flood;
 mod load;
 mod process;
+mod profile;
 mod ramp;
 mod report;
 mod server;
@@ -78,6 +81,9 @@ enum Scenario {
     /// Side-by-side figures: throughput and latency at fixed concurrencies, peak RSS, and
     /// a prompt-cache probe.
     Compare(compare::CompareArgs),
+    /// Where the server's time goes under the side-by-side load: its step profile and
+    /// per-thread CPU, per concurrency level.
+    Profile(profile::ProfileArgs),
     /// Many agents at once, each taking many turns with a growing context.
     Agents(agents::AgentsArgs),
     /// Thousands of hostile requests: every one a 4xx error envelope, the server unharmed.
@@ -101,6 +107,7 @@ async fn main() {
         Scenario::SlowReaders(args) => slow_readers::run(args).await,
         Scenario::Agents(args) => agents::run(args).await,
         Scenario::Compare(args) => compare::run(args).await,
+        Scenario::Profile(args) => profile::run(args).await,
         Scenario::BadInput(args) => bad_input::run(args).await,
         Scenario::Shutdown(args) => shutdown::run(args).await,
         Scenario::Crash(args) => crash::run(args).await,
