@@ -58,6 +58,17 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,
 
+    /// Most tokens one engine step runs: one per decoding sequence, the rest for prompt
+    /// chunks. Smaller steps keep the streams already decoding steady while prompts
+    /// prefill (lower inter-token latency); larger ones prefill arrivals sooner and
+    /// together (lower time to first token). At least `--max-batch`.
+    #[arg(long, env = "MLX_SERVE_MAX_STEP_TOKENS", default_value_t = 512)]
+    pub max_step_tokens: usize,
+
+    /// Most prompt tokens one sequence prefills in a step.
+    #[arg(long, env = "MLX_SERVE_PREFILL_CHUNK", default_value_t = 256)]
+    pub prefill_chunk: usize,
+
     /// Generations (each prompt of a request counts) that may wait for a batch slot and KV
     /// blocks; a request that would leave more waiting gets 429. 0: 429 for whatever cannot
     /// start in the next step.
@@ -188,6 +199,16 @@ impl ServeSettings {
         if self.max_batch == 0 {
             return Err("--max-batch must be at least 1".to_owned());
         }
+        if self.max_step_tokens < self.max_batch {
+            return Err(format!(
+                "--max-step-tokens must be at least --max-batch ({}): every running sequence \
+                 decodes a token per step (got {})",
+                self.max_batch, self.max_step_tokens
+            ));
+        }
+        if self.prefill_chunk == 0 {
+            return Err("--prefill-chunk must be at least 1".to_owned());
+        }
         if !(self.ready_max_kv_usage > 0.0 && self.ready_max_kv_usage <= 1.0) {
             return Err(format!(
                 "--ready-max-kv-usage must be a fraction in (0, 1] (got {})",
@@ -240,6 +261,8 @@ impl ServeSettings {
             kv_cache_bytes: self.kv_cache_bytes(),
             block_size: self.block_size,
             max_batch: self.max_batch,
+            max_step_tokens: self.max_step_tokens,
+            prefill_chunk: self.prefill_chunk,
             max_queue: self.max_queue,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs),
             kv_store: self.store_config(),
@@ -315,6 +338,8 @@ mod tests {
         let settings = parse_args(&[]).unwrap();
         assert_eq!(settings.model, DEFAULT_MODEL);
         assert_eq!((settings.block_size, settings.kv_cache_mb), (16, 512));
+        let engine = settings.engine_config();
+        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (512, 256));
         assert!(settings.validate().is_ok());
         assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 8000));
         assert_eq!(settings.drain_timeout(), Duration::from_secs(30));
@@ -352,6 +377,19 @@ mod tests {
         }
         let settings = parse_args(&["--max-batch", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--max-batch"));
+        let settings = parse_args(&["--max-step-tokens", "2048", "--prefill-chunk", "64"]).unwrap();
+        assert!(settings.validate().is_ok());
+        let engine = settings.engine_config();
+        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (2048, 64));
+        let settings = parse_args(&["--max-batch", "8", "--max-step-tokens", "7"]).unwrap();
+        assert!(
+            settings
+                .validate()
+                .unwrap_err()
+                .contains("--max-step-tokens")
+        );
+        let settings = parse_args(&["--prefill-chunk", "0"]).unwrap();
+        assert!(settings.validate().unwrap_err().contains("--prefill-chunk"));
         let settings = parse_args(&["--stall-timeout-secs", "7"]).unwrap();
         assert_eq!(
             settings.engine_config().stall_timeout,

@@ -167,7 +167,7 @@ const USER_HZ: f64 = 100.0;
 /// What each group of threads is for, as mlx-serve names them.
 fn thread_role(name: &str) -> &'static str {
     match name {
-        "mlx-engine" => "the engine: steps, sampling, detokenizing",
+        "mlx-engine" => "the engine and MLX's stream thread: steps, sampling, detokenizing",
         "tokio-rt-worker" => "HTTP, SSE, tokenization, chat templates",
         "mlx-serve" => "started before main: OpenBLAS's worker pool",
         _ => "",
