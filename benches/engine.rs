@@ -100,8 +100,9 @@ fn engine_throughput(c: &mut Criterion) {
             "engine overhead at {concurrency} concurrent: {:.2}% of step time \
              ({:.1} ms per step outside the forward pass over {} steps)",
             100.0 * (step - forward) / step.max(f64::EPSILON),
-            1000.0 * (step - forward) / (after.steps - before.steps).max(1) as f64,
-            after.steps - before.steps
+            1000.0 * (step - forward)
+                / (after.profile.steps() - before.profile.steps()).max(1) as f64,
+            after.profile.steps() - before.profile.steps()
         );
     }
     group.finish();

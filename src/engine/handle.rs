@@ -81,7 +81,6 @@ pub struct EngineStats {
     pub blocks_total: usize,
     pub blocks_in_use: usize,
     pub blocks_cached: usize,
-    pub steps: u64,
     pub generated_tokens: u64,
     /// Generated tokens per second over the last step.
     pub tokens_per_second: f64,

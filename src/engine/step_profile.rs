@@ -108,6 +108,11 @@ impl StepProfile {
         &self.kinds[kind as usize]
     }
 
+    /// Forward steps run, both kinds together.
+    pub fn steps(&self) -> u64 {
+        self.kinds.iter().map(|k| k.steps).sum()
+    }
+
     /// Seconds in `phase`, both kinds together.
     pub fn phase(&self, phase: StepPhase) -> f64 {
         self.kinds.iter().map(|k| k.phase(phase)).sum()
@@ -207,6 +212,7 @@ mod tests {
         // Moving time between phases keeps the step's total.
         assert!(prefill.total_seconds() >= 0.005);
         assert_eq!(profile.kind(StepKind::Decode).steps, 1);
+        assert_eq!(profile.steps(), 2);
         assert_eq!(profile.kind(StepKind::Decode).total_seconds(), 0.25);
         assert!((profile.total_seconds() - prefill.total_seconds() - 0.25).abs() < 1e-12);
     }

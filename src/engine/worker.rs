@@ -556,7 +556,6 @@ impl Worker {
             self.retire(id, end);
         }
         self.counters.generated_tokens += generated as u64;
-        self.counters.steps += 1;
         timer.lap(StepPhase::Bookkeeping);
         Some(StepRan { generated, ..ran })
     }

@@ -429,7 +429,12 @@ impl Exposition {
              others (recomputed when the client catches up)",
             stats.paused_preemptions,
         )?;
-        counter(encoder, "engine_steps", "Engine forward steps", stats.steps)?;
+        counter(
+            encoder,
+            "engine_steps",
+            "Engine forward steps",
+            stats.profile.steps(),
+        )?;
         self.encode_step_profile(encoder, &stats.profile)?;
         gauge(
             encoder,

@@ -140,7 +140,7 @@ pub fn view(snapshot: MetricsSnapshot, model: Option<String>) -> StatsView {
         waiting: stats.waiting,
         parked: stats.parked,
         batch_saturated: stats.batch_saturated,
-        steps: stats.steps,
+        steps: stats.profile.steps(),
         prompt_tokens: counters.prompt_tokens,
         generated_tokens: stats.generated_tokens,
         generation_tokens_per_second: sampled.generation_tokens_per_second,

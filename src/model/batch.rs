@@ -112,15 +112,14 @@ impl KeyLocation {
     fn of(table: &[u32], len: usize, block_size: usize) -> KeyLocation {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut left = len;
-        for (i, &block) in table.iter().enumerate() {
+        for &block in table {
             let tokens = block_size.min(left);
             left -= tokens;
             let slot = block as usize * block_size;
+            // Only the last block can be partial, so a run that reaches this slot ends
+            // with the block before it.
             match runs.last_mut() {
-                Some((first, run)) if i > 0 && table[i - 1] + 1 == block => {
-                    debug_assert_eq!(*first + *run, slot);
-                    *run += tokens;
-                }
+                Some((first, run)) if *first + *run == slot => *run += tokens,
                 _ => runs.push((slot, tokens)),
             }
         }
