@@ -26,7 +26,7 @@ use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
-use super::batch::KeyLocation;
+use super::batch::{DecodeBatch, KeyLocation};
 use super::config::ModelConfig;
 
 /// Geometry of the pool.
@@ -234,6 +234,49 @@ impl PagedKvCache {
                 }
             };
             keys.expand_dims(0)
+        };
+        let entry = &self.layers[layer];
+        Ok((read(&entry.keys)?, read(&entry.values)?))
+    }
+
+    /// The index [`Self::batched`] reads a [`DecodeBatch`] with: built once per step and
+    /// shared by every layer. Each entry names one block of one KV head in the pool viewed
+    /// as `[kv_heads * num_blocks, block_size * head_dim]`, where a block's keys for one
+    /// head are contiguous, so the gather copies whole rows instead of walking elements.
+    pub fn batch_index(&self, batch: &DecodeBatch) -> Array {
+        let num_blocks = self.config.num_blocks as i32;
+        let index: Vec<i32> = (0..self.kv_heads)
+            .flat_map(|head| batch.blocks.iter().map(move |&b| head * num_blocks + b))
+            .collect();
+        Array::from_slice(&index, &[index.len() as i32])
+    }
+
+    /// The keys and values of a [`DecodeBatch`] in `layer`, as `[B, kv_heads, M *
+    /// block_size, head_dim]` (padding included), read with `index` from
+    /// [`Self::batch_index`]: one gather each.
+    pub fn batched(
+        &self,
+        layer: usize,
+        batch: &DecodeBatch,
+        index: &Array,
+    ) -> Result<(Array, Array), Exception> {
+        let block_size = self.config.block_size as i32;
+        let rows = [
+            self.kv_heads * self.config.num_blocks as i32,
+            block_size * self.head_dim,
+        ];
+        let gathered = [
+            self.kv_heads,
+            batch.batch as i32,
+            batch.blocks_per_sequence as i32 * block_size,
+            self.head_dim,
+        ];
+        let read = |pool: &Array| -> Result<Array, Exception> {
+            // [kv_heads, B, M * block_size, head_dim] -> [B, kv_heads, ...]: a view whose
+            // matrices stay row-contiguous, so attention's matmuls read them in place.
+            take_axis(pool.reshape(&rows)?, index, 0)?
+                .reshape(&gathered)?
+                .transpose_axes(&[1, 0, 2, 3])
         };
         let entry = &self.layers[layer];
         Ok((read(&entry.keys)?, read(&entry.values)?))

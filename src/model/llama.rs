@@ -3,11 +3,15 @@
 //!
 //! One forward step takes [`SequenceChunk`]s — sequences prefilling prompt chunks and
 //! sequences decoding one token, mixed — and returns next-token logits for each sequence.
-//! Projections and MLP run on all new tokens packed together (that is where batching pays);
-//! attention runs per sequence over exactly its own keys — read in place from the pool when
-//! its blocks are consecutive — in the shapes mlx-lm uses for a lone sequence (causal mask
-//! for a chunk, none for one token). So sequences never see each other's history, and
-//! single-stream outputs match the reference.
+//! Projections and MLP run on all new tokens packed together (that is where batching pays).
+//! Attention never lets a sequence see another's history:
+//! - decoders of similar lengths are attended in one call per layer, over their keys copied
+//!   into one padded batch with the padding masked (one call instead of one per sequence:
+//!   far fewer operations to build and dispatch);
+//! - every other sequence (a prefill chunk, a lone decoder) is attended over exactly its own
+//!   keys — read in place from the pool when its blocks are consecutive — in the shapes
+//!   mlx-lm uses for a lone sequence (causal mask for a chunk, none for one token), so
+//!   single-stream outputs match the reference.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +22,7 @@ use mlx_rs::ops::{add, concatenate, multiply};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
-use super::batch::{BatchPlan, SequenceChunk};
+use super::batch::{Attention, BatchPlan, SequenceChunk};
 use super::config::ModelConfig;
 use super::kv_cache::PagedKvCache;
 use super::weights::{Linear, TensorMap, WeightMode};
@@ -249,6 +253,21 @@ impl LlamaModel {
         let positions = Array::from_slice(&plan.positions, &[n]);
         let slots = Array::from_slice(&plan.slots, &[n]);
 
+        // Each decode batch's key index and padding mask, shared by every layer.
+        let batch_reads = plan
+            .attention
+            .iter()
+            .filter_map(|call| match call {
+                Attention::Batched(batch) => Some(batch),
+                Attention::Alone(_) => None,
+            })
+            .map(|batch| {
+                let padded = (batch.valid.len() / batch.batch) as i32;
+                let mask = Array::from_slice(&batch.valid, &[batch.batch as i32, 1, 1, padded]);
+                (cache.batch_index(batch), mask)
+            })
+            .collect::<Vec<_>>();
+
         let mut h = self.embed_tokens.rows(&ids)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let x = rms_norm(&h, Some(&layer.input_norm), eps)?;
@@ -273,25 +292,45 @@ impl LlamaModel {
             let k = self.rope(&k, &positions)?;
             cache.write(index, &slots, &k, &v)?;
 
-            // Attention per sequence, in the shapes a lone sequence has (mlx-lm's): queries
-            // [1, H, T, D] over exactly its keys, causal within a prefill chunk.
-            let mut attended = Vec::with_capacity(plan.sequences.len());
-            for seq in &plan.sequences {
-                let (offset, len) = (seq.token_offset as i32, seq.chunk_len as i32);
-                let queries = q
-                    .try_index(offset..offset + len)?
-                    .transpose_axes(&[1, 0, 2])?
-                    .expand_dims(0)?;
-                let (keys, values) = cache.sequence(index, &seq.keys, seq.kv_len)?;
-                let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
-                let out = mlx_rs::fast::scaled_dot_product_attention(
-                    &queries, &keys, &values, scale, mask, None,
-                )?;
-                // [1, H, T, D] -> [T, H * D]
-                attended.push(
-                    out.transpose_axes(&[0, 2, 1, 3])?
-                        .reshape(&[len, heads * head_dim])?,
-                );
+            let mut attended = Vec::with_capacity(plan.attention.len());
+            let mut reads = batch_reads.iter();
+            for call in &plan.attention {
+                let out = match call {
+                    // Queries [B, H, 1, D] over the batch's padded keys, the padding masked.
+                    Attention::Batched(batch) => {
+                        let (gather, valid) = reads.next().expect("one read per batch");
+                        let (first, b) = (batch.first_row as i32, batch.batch as i32);
+                        let queries = q.try_index(first..first + b)?.expand_dims(2)?;
+                        let (keys, values) = cache.batched(index, batch, gather)?;
+                        mlx_rs::fast::scaled_dot_product_attention(
+                            &queries,
+                            &keys,
+                            &values,
+                            scale,
+                            ScaledDotProductAttentionMask::Array(valid),
+                            None,
+                        )?
+                        .reshape(&[b, heads * head_dim])?
+                    }
+                    // Queries [1, H, T, D] over exactly its keys, causal within a chunk.
+                    Attention::Alone(seq) => {
+                        let seq = &plan.sequences[*seq];
+                        let (offset, len) = (seq.token_offset as i32, seq.chunk_len as i32);
+                        let queries = q
+                            .try_index(offset..offset + len)?
+                            .transpose_axes(&[1, 0, 2])?
+                            .expand_dims(0)?;
+                        let (keys, values) = cache.sequence(index, &seq.keys, seq.kv_len)?;
+                        let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                        // [1, H, T, D] -> [T, H * D]
+                        mlx_rs::fast::scaled_dot_product_attention(
+                            &queries, &keys, &values, scale, mask, None,
+                        )?
+                        .transpose_axes(&[0, 2, 1, 3])?
+                        .reshape(&[len, heads * head_dim])?
+                    }
+                };
+                attended.push(out);
             }
             let attended = match attended.len() {
                 1 => attended.remove(0),
@@ -307,10 +346,12 @@ impl LlamaModel {
             h = add(&h, &mlp)?;
         }
 
-        let last = if n == batch {
+        // Each sequence's last row, in input order (packing may have reordered them).
+        let last_rows = plan.last_tokens();
+        let last = if last_rows.iter().copied().eq(0..n) {
             h
         } else {
-            take_axis(&h, Array::from_slice(&plan.last_tokens(), &[batch]), 0)?
+            take_axis(&h, Array::from_slice(&last_rows, &[batch]), 0)?
         };
         let last = rms_norm(&last, Some(&self.norm), eps)?;
         let logits = match &self.lm_head {
