@@ -69,6 +69,13 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_PREFILL_CHUNK", default_value_t = 256)]
     pub prefill_chunk: usize,
 
+    /// A step that carries prompt tokens while other sequences decode takes about this many
+    /// pure decode steps: its prompt tokens are sized from measured step costs, so streams
+    /// already decoding stall only that long while new prompts prefill. 0: no limit beyond
+    /// `--max-step-tokens`.
+    #[arg(long, env = "MLX_SERVE_DECODE_STALL_FACTOR", default_value_t = 6)]
+    pub decode_stall_factor: usize,
+
     /// Generations (each prompt of a request counts) that may wait for a batch slot and KV
     /// blocks; a request that would leave more waiting gets 429. 0: 429 for whatever cannot
     /// start in the next step.
@@ -263,6 +270,7 @@ impl ServeSettings {
             max_batch: self.max_batch,
             max_step_tokens: self.max_step_tokens,
             prefill_chunk: self.prefill_chunk,
+            decode_stall_factor: self.decode_stall_factor,
             max_queue: self.max_queue,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs),
             kv_store: self.store_config(),
@@ -340,6 +348,7 @@ mod tests {
         assert_eq!((settings.block_size, settings.kv_cache_mb), (16, 512));
         let engine = settings.engine_config();
         assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (512, 256));
+        assert_eq!(engine.decode_stall_factor, 6);
         assert!(settings.validate().is_ok());
         assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 8000));
         assert_eq!(settings.drain_timeout(), Duration::from_secs(30));
@@ -377,10 +386,19 @@ mod tests {
         }
         let settings = parse_args(&["--max-batch", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--max-batch"));
-        let settings = parse_args(&["--max-step-tokens", "2048", "--prefill-chunk", "64"]).unwrap();
+        let settings = parse_args(&[
+            "--max-step-tokens",
+            "2048",
+            "--prefill-chunk",
+            "64",
+            "--decode-stall-factor",
+            "0",
+        ])
+        .unwrap();
         assert!(settings.validate().is_ok());
         let engine = settings.engine_config();
         assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (2048, 64));
+        assert_eq!(engine.decode_stall_factor, 0);
         let settings = parse_args(&["--max-batch", "8", "--max-step-tokens", "7"]).unwrap();
         assert!(
             settings

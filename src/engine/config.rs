@@ -17,6 +17,10 @@ pub struct EngineConfig {
     pub max_step_tokens: usize,
     /// Prompt tokens one sequence prefills per step.
     pub prefill_chunk: usize,
+    /// A step that carries prompt tokens while sequences decode is sized, from measured
+    /// step costs, to take about this many pure decode steps; 0 = no limit beyond
+    /// `max_step_tokens`.
+    pub decode_stall_factor: usize,
     /// Generations that may wait for admission; 0 = refuse what cannot start in the next
     /// step.
     pub max_queue: usize,
@@ -73,6 +77,7 @@ impl Default for EngineConfig {
             max_batch: 16,
             max_step_tokens: 512,
             prefill_chunk: 256,
+            decode_stall_factor: 6,
             max_queue: 64,
             watermark_blocks: 4,
             queue_timeout: Duration::from_secs(30),

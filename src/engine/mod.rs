@@ -14,6 +14,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 pub mod served_model;
+pub mod step_cost;
 pub mod step_profile;
 pub mod stop;
 mod worker;

@@ -27,6 +27,7 @@ use super::persistence::{PersistReport, Persistence};
 use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
 use super::sequence::{Event, FinishReason, SequenceState};
 use super::served_model::ServedModel;
+use super::step_cost::StepCost;
 use super::step_profile::{StepKind, StepPhase, StepTimer};
 use crate::cache_store::{KvDtype, KvLayout, KvStore, ReadOutcome, StoreIdentity, StoredBlocks};
 use crate::metrics::engine::{AbortCause, EngineLatency, EngineMetrics, Rejection};
@@ -177,6 +178,8 @@ pub(crate) struct Worker {
     persistence: Option<Persistence>,
     /// The engine's own inbox, for the store's reader thread to answer restores.
     commands: std::sync::mpsc::Sender<Command>,
+    /// Measured step costs, which size the prompt tokens of steps that also decode.
+    step_cost: StepCost,
 }
 
 impl Worker {
@@ -267,6 +270,7 @@ impl Worker {
                 .map_or(0x5EED, |d| d.as_nanos() as u64),
             persistence: store.map(Persistence::new),
             commands,
+            step_cost: StepCost::default(),
         })
     }
 
@@ -434,6 +438,10 @@ impl Worker {
                     book.scheduler.set_paused(id, !live.outbox.is_empty());
                 }
             }
+            book.scheduler.set_prompt_budget_while_decoding(
+                self.step_cost
+                    .prompt_budget(self.config.decode_stall_factor),
+            );
             let step = book.scheduler.schedule();
             let admitted: Vec<(SeqId, usize, Queued)> = step
                 .admitted
@@ -488,7 +496,15 @@ impl Worker {
             .filter(|c| self.live.get(&c.id).is_some_and(|l| !l.ended))
             .collect();
         timer.lap(StepPhase::Schedule);
+        let forward_started = Instant::now();
         let (chunks, logits, build) = self.forward(chunks)?;
+        let prompt_tokens: usize = chunks
+            .iter()
+            .filter(|c| !(c.tokens.len() == 1 && c.samples))
+            .map(|c| c.tokens.len())
+            .sum();
+        self.step_cost
+            .observe(prompt_tokens, forward_started.elapsed().as_secs_f64());
         timer.lap(StepPhase::Evaluate);
         timer.move_into(StepPhase::Build, build.as_secs_f64(), StepPhase::Evaluate);
         let ran = StepRan {

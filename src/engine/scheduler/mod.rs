@@ -27,7 +27,10 @@
 //!    ([`Step::restores`], [`Scheduler::restored`]), and only the remaining suffix is
 //!    prefilled.
 //! 3. **Then prefill**, oldest first, in chunks of at most `prefill_chunk` tokens, while the
-//!    step has room (`max_batch` sequences, `max_step_tokens` tokens).
+//!    step has room (`max_batch` sequences, `max_step_tokens` tokens). In a step where
+//!    sequences decode, prompt tokens are also limited to the budget the engine sets from
+//!    measured step costs ([`Scheduler::set_prompt_budget_while_decoding`]), so that step
+//!    stalls the decoding streams only a bounded time.
 //!
 //! **The queue bound** (`max_queue`) counts generations. [`Scheduler::submit`] takes a
 //! request's generations all or none: it predicts, against the current state, which
@@ -262,6 +265,10 @@ pub struct Scheduler {
     /// cheapest prompts.
     rooms: BTreeMap<RoomId, usize>,
     next_room: u64,
+    /// Most prompt tokens a step takes while sequences decode in it; `None` = only the
+    /// step budget. Set by the engine from measured step costs
+    /// ([`Scheduler::set_prompt_budget_while_decoding`]).
+    prompt_budget_while_decoding: Option<usize>,
 }
 
 impl Scheduler {
@@ -278,7 +285,15 @@ impl Scheduler {
             next_ticket: 0,
             rooms: BTreeMap::new(),
             next_room: 0,
+            prompt_budget_while_decoding: None,
         }
+    }
+
+    /// Limits the prompt tokens of a step in which sequences decode, so that such a step
+    /// stalls their streams only so long; a step where nobody decodes still prefills up to
+    /// `max_step_tokens`. `None` lifts the limit.
+    pub fn set_prompt_budget_while_decoding(&mut self, tokens: Option<usize>) {
+        self.prompt_budget_while_decoding = tokens;
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -419,7 +434,12 @@ impl Scheduler {
             }
         }
 
-        // 3. Prefill chunks, oldest first.
+        // 3. Prefill chunks, oldest first; less of them while others decode.
+        if !step.chunks.is_empty()
+            && let Some(limit) = self.prompt_budget_while_decoding
+        {
+            budget = budget.min(limit.max(1));
+        }
         for &id in &self.running {
             if step.chunks.len() >= self.config.max_batch || budget == 0 {
                 break;

@@ -87,6 +87,32 @@ fn long_prompts_prefill_in_chunks_while_others_decode() {
 }
 
 #[test]
+fn prompt_budget_while_decoding_limits_only_steps_that_decode() {
+    let mut s = Scheduler::new(config(), StoredBlocks::default());
+    s.set_prompt_budget_while_decoding(Some(4));
+    // Nobody decodes: two arrivals prefill together, up to their chunks (6 each).
+    s.submit1(1, (0..10).collect()).unwrap();
+    s.submit1(2, (10..20).collect()).unwrap();
+    let step = s.schedule();
+    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
+    assert_eq!(chunk_lens, vec![6, 6]);
+    run(&mut s, &step, 10);
+    let step = s.schedule();
+    run(&mut s, &step, 10);
+    // Both decode now; a new prompt gets only 4 tokens per step beside them.
+    s.submit1(3, (20..30).collect()).unwrap();
+    let step = s.schedule();
+    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
+    assert_eq!(chunk_lens, vec![1, 1, 4]);
+    run(&mut s, &step, 11);
+    // Lifting the limit gives it its whole chunk again.
+    s.set_prompt_budget_while_decoding(None);
+    let step = s.schedule();
+    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
+    assert_eq!(chunk_lens, vec![1, 1, 6]);
+}
+
+#[test]
 fn paused_sequences_run_nothing_and_give_up_their_slot_first() {
     let mut s = Scheduler::new(
         SchedulerConfig {
