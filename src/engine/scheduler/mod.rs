@@ -434,12 +434,13 @@ impl Scheduler {
             }
         }
 
-        // 3. Prefill chunks, oldest first; less of them while others decode.
-        if !step.chunks.is_empty()
-            && let Some(limit) = self.prompt_budget_while_decoding
-        {
-            budget = budget.min(limit.max(1));
-        }
+        // 3. Prefill chunks, oldest first. While others decode, the first prompt still gets
+        // its whole chunk (splitting one arrival only turns one stall into several), and
+        // further prompts join only within the budget.
+        let mut prompt_left = self
+            .prompt_budget_while_decoding
+            .filter(|_| !step.chunks.is_empty());
+        let mut first_prompt = true;
         for &id in &self.running {
             if step.chunks.len() >= self.config.max_batch || budget == 0 {
                 break;
@@ -449,7 +450,17 @@ impl Scheduler {
                 continue;
             }
             let remaining = seq.tokens.len() - seq.cached;
-            let take = remaining.min(self.config.prefill_chunk.max(1)).min(budget);
+            let mut take = remaining.min(self.config.prefill_chunk.max(1)).min(budget);
+            if let Some(left) = prompt_left.as_mut() {
+                if !first_prompt {
+                    take = take.min(*left);
+                    if take == 0 {
+                        break;
+                    }
+                }
+                *left = left.saturating_sub(take);
+            }
+            first_prompt = false;
             let end = seq.cached + take;
             step.chunks.push(ScheduledChunk {
                 id,

@@ -88,28 +88,35 @@ fn long_prompts_prefill_in_chunks_while_others_decode() {
 
 #[test]
 fn prompt_budget_while_decoding_limits_only_steps_that_decode() {
+    let chunk_lens =
+        |step: &Step| -> Vec<usize> { step.chunks.iter().map(|c| c.tokens.len()).collect() };
     let mut s = Scheduler::new(config(), StoredBlocks::default());
     s.set_prompt_budget_while_decoding(Some(4));
     // Nobody decodes: two arrivals prefill together, up to their chunks (6 each).
     s.submit1(1, (0..10).collect()).unwrap();
     s.submit1(2, (10..20).collect()).unwrap();
     let step = s.schedule();
-    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
-    assert_eq!(chunk_lens, vec![6, 6]);
+    assert_eq!(chunk_lens(&step), vec![6, 6]);
     run(&mut s, &step, 10);
     let step = s.schedule();
     run(&mut s, &step, 10);
-    // Both decode now; a new prompt gets only 4 tokens per step beside them.
+    // Both decode now. The oldest new prompt still gets its whole chunk (one stall, not
+    // several), and the budget (4) is spent, so the next prompt waits.
     s.submit1(3, (20..30).collect()).unwrap();
+    s.submit1(4, (30..40).collect()).unwrap();
     let step = s.schedule();
-    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
-    assert_eq!(chunk_lens, vec![1, 1, 4]);
+    assert_eq!(chunk_lens(&step), vec![1, 1, 6]);
     run(&mut s, &step, 11);
-    // Lifting the limit gives it its whole chunk again.
+    // With room left after the first prompt's chunk, the next one gets what remains.
+    s.set_prompt_budget_while_decoding(Some(7));
+    let step = s.schedule();
+    assert_eq!(ids(&step), vec![1, 2, 3, 4]);
+    assert_eq!(chunk_lens(&step), vec![1, 1, 4, 3]);
+    run(&mut s, &step, 12);
+    // Lifting the limit gives every prompt its whole chunk again.
     s.set_prompt_budget_while_decoding(None);
     let step = s.schedule();
-    let chunk_lens: Vec<usize> = step.chunks.iter().map(|c| c.tokens.len()).collect();
-    assert_eq!(chunk_lens, vec![1, 1, 6]);
+    assert_eq!(chunk_lens(&step), vec![1, 1, 1, 6]);
 }
 
 #[test]
