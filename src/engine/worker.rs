@@ -496,19 +496,19 @@ impl Worker {
             .filter(|c| self.live.get(&c.id).is_some_and(|l| !l.ended))
             .collect();
         timer.lap(StepPhase::Schedule);
-        let forward_started = Instant::now();
         let (chunks, logits, build) = self.forward(chunks)?;
         let prompt_tokens: usize = chunks
             .iter()
-            .filter(|c| !(c.tokens.len() == 1 && c.samples))
+            .filter(|c| !c.decodes())
             .map(|c| c.tokens.len())
             .sum();
+        // The forward pass is this lap: planning, building and evaluating.
         self.step_cost
-            .observe(prompt_tokens, forward_started.elapsed().as_secs_f64());
+            .observe(prompt_tokens, timer.since_last_lap());
         timer.lap(StepPhase::Evaluate);
         timer.move_into(StepPhase::Build, build.as_secs_f64(), StepPhase::Evaluate);
         let ran = StepRan {
-            kind: if chunks.iter().all(|c| c.tokens.len() == 1 && c.samples) {
+            kind: if chunks.iter().all(|c| c.decodes()) {
                 StepKind::Decode
             } else {
                 StepKind::Prefill

@@ -102,6 +102,14 @@ pub struct ScheduledChunk {
     pub samples: bool,
 }
 
+impl ScheduledChunk {
+    /// Whether this is one decode: a single token that yields the next one. Anything else
+    /// runs prompt tokens.
+    pub fn decodes(&self) -> bool {
+        self.tokens.len() == 1 && self.samples
+    }
+}
+
 /// The next step, and what the scheduler did to make room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Step {
