@@ -18,6 +18,10 @@ pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// prefix sharing stops working.
 pub const MAX_BLOCK_SIZE: usize = 4096;
 
+/// Largest accepted `--arrival-gather-ms`: arrivals sent together come within a few
+/// milliseconds; a longer wait would only delay lone requests.
+pub const MAX_ARRIVAL_GATHER_MS: u64 = 1000;
+
 /// Default `--max-body-bytes`: far above any prompt that fits a context (8K tokens of text
 /// are ~40 KB), small enough that a hostile body cannot hurt.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
@@ -59,10 +63,11 @@ pub struct ServeSettings {
     pub max_batch: usize,
 
     /// Most tokens one engine step runs: one per decoding sequence, the rest for prompt
-    /// chunks. Smaller steps keep the streams already decoding steady while prompts
-    /// prefill (lower inter-token latency); larger ones prefill arrivals sooner and
-    /// together (lower time to first token). At least `--max-batch`.
-    #[arg(long, env = "MLX_SERVE_MAX_STEP_TOKENS", default_value_t = 512)]
+    /// chunks. While sequences decode, `--decode-stall-factor` usually limits the prompt
+    /// tokens further; this bounds mainly a step where nobody decodes, which should take a
+    /// whole wave of arrivals (several prompts sent together) so that they decode in step
+    /// afterwards. At least `--max-batch`.
+    #[arg(long, env = "MLX_SERVE_MAX_STEP_TOKENS", default_value_t = 2048)]
     pub max_step_tokens: usize,
 
     /// Most prompt tokens one sequence prefills in a step.
@@ -75,6 +80,13 @@ pub struct ServeSettings {
     /// `--max-step-tokens`.
     #[arg(long, env = "MLX_SERVE_DECODE_STALL_FACTOR", default_value_t = 6)]
     pub decode_stall_factor: usize,
+
+    /// Before an engine with nothing running starts on the requests queued, it waits until
+    /// no further request has come for this many milliseconds (and no longer than four
+    /// times as long after the oldest arrived), so requests sent together prefill together
+    /// and then decode in step. 0: start at once.
+    #[arg(long, env = "MLX_SERVE_ARRIVAL_GATHER_MS", default_value_t = 5)]
+    pub arrival_gather_ms: u64,
 
     /// Generations (each prompt of a request counts) that may wait for a batch slot and KV
     /// blocks; a request that would leave more waiting gets 429. 0: 429 for whatever cannot
@@ -213,6 +225,13 @@ impl ServeSettings {
                 self.max_batch, self.max_step_tokens
             ));
         }
+        if self.arrival_gather_ms > MAX_ARRIVAL_GATHER_MS {
+            return Err(format!(
+                "--arrival-gather-ms must be at most {MAX_ARRIVAL_GATHER_MS}: a lone request \
+                 waits up to four times as long before it starts (got {})",
+                self.arrival_gather_ms
+            ));
+        }
         if self.prefill_chunk == 0 {
             return Err("--prefill-chunk must be at least 1".to_owned());
         }
@@ -271,6 +290,7 @@ impl ServeSettings {
             max_step_tokens: self.max_step_tokens,
             prefill_chunk: self.prefill_chunk,
             decode_stall_factor: self.decode_stall_factor,
+            arrival_gather: Duration::from_millis(self.arrival_gather_ms),
             max_queue: self.max_queue,
             stall_timeout: Duration::from_secs(self.stall_timeout_secs),
             kv_store: self.store_config(),
@@ -347,7 +367,8 @@ mod tests {
         assert_eq!(settings.model, DEFAULT_MODEL);
         assert_eq!((settings.block_size, settings.kv_cache_mb), (16, 512));
         let engine = settings.engine_config();
-        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (512, 256));
+        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (2048, 256));
+        assert_eq!(engine.arrival_gather, Duration::from_millis(5));
         assert_eq!(engine.decode_stall_factor, 6);
         assert!(settings.validate().is_ok());
         assert_eq!((settings.host.as_str(), settings.port), ("127.0.0.1", 8000));
@@ -388,7 +409,9 @@ mod tests {
         assert!(settings.validate().unwrap_err().contains("--max-batch"));
         let settings = parse_args(&[
             "--max-step-tokens",
-            "2048",
+            "512",
+            "--arrival-gather-ms",
+            "0",
             "--prefill-chunk",
             "64",
             "--decode-stall-factor",
@@ -397,14 +420,22 @@ mod tests {
         .unwrap();
         assert!(settings.validate().is_ok());
         let engine = settings.engine_config();
-        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (2048, 64));
+        assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (512, 64));
         assert_eq!(engine.decode_stall_factor, 0);
+        assert!(engine.arrival_gather.is_zero());
         let settings = parse_args(&["--max-batch", "8", "--max-step-tokens", "7"]).unwrap();
         assert!(
             settings
                 .validate()
                 .unwrap_err()
                 .contains("--max-step-tokens")
+        );
+        let settings = parse_args(&["--arrival-gather-ms", "1001"]).unwrap();
+        assert!(
+            settings
+                .validate()
+                .unwrap_err()
+                .contains("--arrival-gather-ms")
         );
         let settings = parse_args(&["--prefill-chunk", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--prefill-chunk"));

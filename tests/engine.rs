@@ -9,7 +9,7 @@ use std::time::Duration;
 use mlx_serve::engine::sampling::SamplingParams;
 use mlx_serve::engine::scheduler::Busy;
 use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
-use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, SubmitError};
+use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, StepKind, SubmitError};
 
 use common::DEADLINE;
 
@@ -536,4 +536,38 @@ async fn a_preempted_request_waits_no_longer_than_the_queue_timeout() {
     assert!(!older.is_finished());
     older.abort();
     wait_until(&engine, "blocks freed", |e| e.stats().blocks_in_use == 0).await;
+}
+
+#[tokio::test]
+async fn requests_sent_together_to_an_idle_engine_prefill_in_one_step() {
+    // A window far longer than the 30 ms between the submissions below, even on a machine
+    // busy with the other tests; without the gather, the first prefill starts alone.
+    let window = Duration::from_secs(2);
+    let engine = start(EngineConfig {
+        arrival_gather: window,
+        ..small_config()
+    });
+    let fixture = fixture();
+    let mut streams = Vec::new();
+    for prompt in fixture.prompts.iter().take(4) {
+        // `submit` resolves at admission, so each request is sent from its own task.
+        let (engine, prompt) = (engine.clone(), prompt.prompt_ids.clone());
+        streams.push(tokio::spawn(async move {
+            let stream = engine
+                .submit(request(&prompt, 4, SamplingParams::greedy()))
+                .await
+                .expect("submit");
+            collect(stream).await
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for stream in streams {
+        assert_eq!(stream.await.expect("join").usage.completion_tokens, 4);
+    }
+    let prefill = *engine.stats().profile.kind(StepKind::Prefill);
+    assert_eq!(
+        (prefill.steps, prefill.sequences),
+        (1, 4),
+        "the four prompts prefill in one step: {prefill:?}"
+    );
 }

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::cache_store::StoreConfig;
 
+/// The longest the oldest queued request waits for further arrivals, in gather windows: a
+/// steady trickle of requests must not hold the first one back for long.
+pub const ARRIVAL_GATHER_MAX_WINDOWS: u32 = 4;
+
 /// Engine settings (from `ServeSettings` in the server).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -21,6 +25,11 @@ pub struct EngineConfig {
     /// step costs, to take about this many pure decode steps; 0 = no limit beyond
     /// `max_step_tokens`.
     pub decode_stall_factor: usize,
+    /// Before an engine with nothing running starts on the requests queued, it waits until
+    /// no further request has come for this long (and no longer than
+    /// [`ARRIVAL_GATHER_MAX_WINDOWS`] windows after the oldest arrived), so requests sent
+    /// together prefill together; zero starts at once.
+    pub arrival_gather: Duration,
     /// Generations that may wait for admission; 0 = refuse what cannot start in the next
     /// step.
     pub max_queue: usize,
@@ -75,9 +84,10 @@ impl Default for EngineConfig {
             kv_cache_bytes: 512 << 20,
             block_size: 16,
             max_batch: 16,
-            max_step_tokens: 512,
+            max_step_tokens: 2048,
             prefill_chunk: 256,
             decode_stall_factor: 6,
+            arrival_gather: Duration::from_millis(5),
             max_queue: 64,
             watermark_blocks: 4,
             queue_timeout: Duration::from_secs(30),

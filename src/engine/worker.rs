@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Book, Queued};
-use super::config::EngineConfig;
+use super::config::{ARRIVAL_GATHER_MAX_WINDOWS, EngineConfig};
 use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
 use super::persistence::{PersistReport, Persistence};
 use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
@@ -305,6 +305,7 @@ impl Worker {
                     Err(_) => return, // every handle is gone and nothing is running
                 }
             }
+            self.gather_arrivals(&inbox);
             loop {
                 match inbox.try_recv() {
                     Ok(command) => self.handle(command),
@@ -357,6 +358,46 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Before an engine with nothing running starts on the requests queued, takes the
+    /// requests sent with them: it waits until none has come for `arrival_gather`, and no
+    /// longer than [`ARRIVAL_GATHER_MAX_WINDOWS`] windows after the oldest was queued.
+    /// Requests sent together (a client's parallel calls, the streams of a closed loop
+    /// that ended in one step) then prefill in one step and decode in step; started one by
+    /// one, the later ones' prefills would stall the earlier ones' streams.
+    fn gather_arrivals(&mut self, inbox: &Receiver<Command>) {
+        let window = self.config.arrival_gather;
+        if window.is_zero() || !self.live.is_empty() {
+            return;
+        }
+        let oldest = self
+            .admission
+            .lock()
+            .queued
+            .values()
+            .map(|q| q.submitted)
+            .min();
+        let Some(oldest) = oldest else {
+            return;
+        };
+        let started = Instant::now();
+        let until = oldest + window * ARRIVAL_GATHER_MAX_WINDOWS;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match inbox.recv_timeout(window.min(left)) {
+                Ok(command) => self.handle(command),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        tracing::debug!(
+            waited_us = started.elapsed().as_micros() as u64,
+            queued = self.admission.lock().queued.len(),
+            "gathered arrivals"
+        );
     }
 
     fn handle(&mut self, command: Command) {
