@@ -8,6 +8,9 @@
 //!   needs comes before libmlx's own dependencies in the global symbol lookup order, so
 //!   libmlx's `cblas_sgemm` calls bind to OpenBLAS instead (~15x faster f32 matmul).
 //!   `tests/blas_binding.rs` proves the binding; BENCHMARK_REPORT.md measures it.
+//! - Linux: the executable's own `cblas_sgemm` (`src/sgemm_forward.rs`) kept by the linker
+//!   and exported, so libmlx's calls reach it first; it sends one-row products to
+//!   OpenBLAS's GEMV and everything else on to OpenBLAS's GEMM.
 
 use std::env;
 use std::path::Path;
@@ -32,6 +35,11 @@ fn main() {
         });
         println!("cargo::rerun-if-changed={path}");
         println!("cargo::rustc-link-arg=-Wl,--push-state,--no-as-needed,-l:{OPENBLAS},--pop-state");
+        // The executable's own cblas_sgemm (src/sgemm_forward.rs), linked in and exported
+        // so that libmlx's calls bind to it ahead of OpenBLAS's.
+        println!(
+            "cargo::rustc-link-arg=-Wl,--undefined=cblas_sgemm,--export-dynamic-symbol=cblas_sgemm"
+        );
     }
 }
 

@@ -19,3 +19,5 @@ pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
+#[cfg(target_os = "linux")]
+pub mod sgemm_forward;

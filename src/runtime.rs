@@ -29,18 +29,15 @@ pub fn mlx_version() -> String {
     }
 }
 
-/// The shared library that `cblas_sgemm` resolves to in this process: the one libmlx's
-/// f32 matmuls run in. On Linux this must be OpenBLAS for usable CPU speed.
+/// The shared library libmlx's f32 matmuls run in: the `cblas_sgemm` that the executable's
+/// own (`crate::sgemm_forward`) passes them on to. On Linux this must be OpenBLAS for
+/// usable CPU speed.
 #[cfg(target_os = "linux")]
 pub fn blas_library() -> Option<PathBuf> {
-    // SAFETY: dlsym with RTLD_DEFAULT searches the global scope, exactly like the dynamic
-    // linker does for libmlx's own undefined cblas_sgemm; dladdr only reads the loader's
-    // tables, and the returned name stays valid while the library is loaded (forever).
+    let symbol = crate::sgemm_forward::next_sgemm()?;
+    // SAFETY: dladdr only reads the loader's tables, and the returned name stays valid
+    // while the library is loaded (forever).
     unsafe {
-        let symbol = libc::dlsym(libc::RTLD_DEFAULT, c"cblas_sgemm".as_ptr());
-        if symbol.is_null() {
-            return None;
-        }
         let mut info: libc::Dl_info = std::mem::zeroed();
         if libc::dladdr(symbol, &mut info) == 0 || info.dli_fname.is_null() {
             return None;
