@@ -634,7 +634,24 @@ async fn concurrent_requests_of_one_agent_write_each_block_once() {
         4.0
     );
     assert_eq!(dir.files(".safetensors").len(), 4);
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(&dir.files("same.json")[0]).unwrap()).unwrap();
+    let manifest = manifest_of(&dir, "same").await;
     assert_eq!(manifest["block_hashes"].as_array().map(Vec::len), Some(4));
+}
+
+/// `agent`'s manifest once it is on disk. The store's writer thread writes it after the
+/// agent's blocks, so an empty block queue can still have it in flight (requests that end
+/// in the same step queue their manifests last).
+async fn manifest_of(dir: &StoreDir, agent: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let found = dir.files(&format!("{agent}.json"));
+        if let Some(bytes) = found.first().and_then(|path| std::fs::read(path).ok()) {
+            return serde_json::from_slice(&bytes).expect("a manifest is JSON");
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no manifest for {agent} was written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
