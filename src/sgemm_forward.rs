@@ -62,7 +62,7 @@ unsafe extern "C" {
 /// stay in GEMM as before.
 const MIN_FORWARDED_ELEMENTS: i64 = 1 << 16;
 
-/// One-row products sent to GEMV since start (for tests and start-up checks).
+/// One-row products sent to GEMV since start (tests check that forwarding happens).
 static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
 /// How many one-row products went to `cblas_sgemv`.
