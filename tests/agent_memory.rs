@@ -521,6 +521,8 @@ async fn the_admin_api_lists_and_deletes_agents() {
     let turn = complete(&served, "any", Some("bob"), &bob, 1).await;
     assert_eq!(cached_tokens(&turn), 2 * BLOCK as u64);
     settled_metrics(&served).await;
+    // The writer works in order: bob's manifest, queued last, means alice's is there too.
+    manifest_of(&dir, "bob").await;
     assert_eq!(dir.files(".safetensors").len(), 4);
 
     let (status, list) = admin(&served, get.clone(), "/admin/agents", Some("the-admin")).await;
@@ -639,8 +641,8 @@ async fn concurrent_requests_of_one_agent_write_each_block_once() {
 }
 
 /// `agent`'s manifest once it is on disk. The store's writer thread writes it after the
-/// agent's blocks, so an empty block queue can still have it in flight (requests that end
-/// in the same step queue their manifests last).
+/// agent's blocks, so an empty block queue ([`settled_metrics`]) can still have it in
+/// flight: a request's manifest is queued when it ends, after its last block.
 async fn manifest_of(dir: &StoreDir, agent: &str) -> Value {
     let started = std::time::Instant::now();
     loop {
