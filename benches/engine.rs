@@ -72,6 +72,9 @@ async fn run_batch(engine: &EngineHandle, concurrency: usize, round: u32) {
 }
 
 fn engine_throughput(c: &mut Criterion) {
+    // The OpenBLAS kernels the server runs (src/openblas_core.rs); may start the bench again.
+    #[cfg(target_os = "linux")]
+    mlx_serve::openblas_core::restart_with_kernels_for_this_cpu();
     let engine = engine();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -86,6 +86,10 @@ impl Setup {
 }
 
 fn model_steps(c: &mut Criterion) {
+    // The OpenBLAS kernels the server runs (src/openblas_core.rs); may start the bench again.
+    #[cfg(target_os = "linux")]
+    mlx_serve::openblas_core::restart_with_kernels_for_this_cpu();
+    eprintln!("{}", mlx_serve::runtime::RuntimeInfo::detect());
     let model = load_model();
     let vocab = model.config().vocab_size;
 

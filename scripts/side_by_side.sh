@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # mlx-serve beside mlx-lm's server (mlx_lm.server 0.32.2) on this machine, with the same
 # weights (the default GGUF: ours loads it with f32 weights, mlx-lm loads it converted to a
-# float32 Hugging Face folder), OpenBLAS for both (linked by ours, preloaded for Python)
-# and the same load: `stress compare` at concurrency 1/4/8/16 (3 runs each, medians) and
-# its prompt-cache probe, then the probe again after a restart of each server.
+# float32 Hugging Face folder), OpenBLAS for both (linked by ours, preloaded for Python,
+# with the kernels ours runs) and the same load: `stress compare` at concurrency 1/4/8/16
+# (3 runs each, medians) and its prompt-cache probe, then the probe again after a restart
+# of each server.
 # Output: the tables on stdout; JSON and server logs in $OUT (default target/side-by-side).
 # Needs the reference venv (scripts/reference/venv.sh installs it; PyPI the first time).
 set -euo pipefail
@@ -35,6 +36,10 @@ start() {
             PID=$!; URL=http://127.0.0.1:18300; MODEL=SmolLM2-135M-Instruct.Q4_1
             wait_ready "$URL/health/ready" ;;
         mlx-lm)
+            # The same OpenBLAS kernels as ours, which may have chosen them over OpenBLAS's
+            # own fallback (docs/mlx-runtime.md).
+            CORE=$(awk '/^blas kernels:/ {print $3; exit}' "$OUT/mlx-serve.log")
+            OPENBLAS_CORETYPE=${CORE:?no blas kernels line in $OUT/mlx-serve.log} \
             LD_PRELOAD=$OPENBLAS "$PY" -m mlx_lm.server --model "$HF" --port 18301 \
                 > "$OUT/mlx-lm.log" 2>&1 &
             PID=$!; URL=http://127.0.0.1:18301; MODEL=$HF

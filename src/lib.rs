@@ -18,6 +18,8 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+#[cfg(target_os = "linux")]
+pub mod openblas_core;
 pub mod runtime;
 #[cfg(target_os = "linux")]
 pub mod sgemm_forward;

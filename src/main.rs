@@ -33,10 +33,13 @@ enum Command {
 }
 
 fn main() {
-    // Before any thread of ours exists, so that every other thread is a library's.
-    priority::lower_library_threads();
     let Command::Serve(settings) = Cli::parse().command;
     init_logging(settings.log_format);
+    // Before any thread of ours exists: a restart ends every other thread, and every
+    // thread but this one must be a library's when their priority is lowered.
+    #[cfg(target_os = "linux")]
+    mlx_serve::openblas_core::restart_with_kernels_for_this_cpu();
+    priority::lower_library_threads();
     let result = serve(settings);
     let code = match result {
         Ok(()) => 0,

@@ -55,6 +55,8 @@ pub struct RuntimeInfo {
     pub device: String,
     /// Where f32 matmuls run (Linux); `None` where the platform decides (Apple).
     pub blas: Option<PathBuf>,
+    /// OpenBLAS's kernel set (Linux), e.g. `SkylakeX`; `None` where the platform decides.
+    pub blas_core: Option<String>,
 }
 
 impl RuntimeInfo {
@@ -66,6 +68,10 @@ impl RuntimeInfo {
             blas: blas_library(),
             #[cfg(not(target_os = "linux"))]
             blas: None,
+            #[cfg(target_os = "linux")]
+            blas_core: Some(crate::openblas_core::core_name()),
+            #[cfg(not(target_os = "linux"))]
+            blas_core: None,
         }
     }
 }
@@ -76,6 +82,9 @@ impl fmt::Display for RuntimeInfo {
         write!(f, "device:         {}", self.device)?;
         if let Some(blas) = &self.blas {
             write!(f, "\nblas:           {}", blas.display())?;
+        }
+        if let Some(core) = &self.blas_core {
+            write!(f, "\nblas kernels:   {core}")?;
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! this plain `cargo test` proves it took effect.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use mlx_serve::runtime::blas_library;
 
 /// Shared objects mapped into this process (from /proc/self/maps).
@@ -99,4 +101,64 @@ fn one_row_products_go_to_gemv_and_equal_a_plain_sum() {
         mlx_serve::sgemm_forward::forwarded_calls() >= before + 8,
         "the one-row products did not go to GEMV"
     );
+}
+
+/// The kernel set in the `blas kernels:` line `mlx-serve serve` prints at start, with
+/// `OPENBLAS_CORETYPE` set to `coretype` (or absent).
+fn kernels_the_server_reports(coretype: Option<&str>) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mlx-serve"));
+    command
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--kv-cache-mb",
+            "16",
+            "--no-kv-store",
+        ])
+        .arg("--model")
+        .arg(common::default_model_path())
+        .env_remove(mlx_serve::openblas_core::CORETYPE_VARIABLE)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(coretype) = coretype {
+        command.env(mlx_serve::openblas_core::CORETYPE_VARIABLE, coretype);
+    }
+    let mut child = command.spawn().expect("start mlx-serve");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // The runtime description comes before the model loads, within a second or two.
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("blas kernels:"));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("mlx-serve printed no `blas kernels:` line")
+        .trim_start_matches("blas kernels:")
+        .trim()
+        .to_owned()
+}
+
+/// OpenBLAS 0.3.21 takes CPUs newer than it for the oldest x86-64 it knows and runs its
+/// Prescott kernels (SSE3), several times slower. The server must run the best kernels the
+/// CPU has, whatever OpenBLAS made of the CPU's model number.
+#[test]
+fn the_server_runs_the_openblas_kernels_this_cpu_supports() {
+    use mlx_serve::openblas_core::{CpuFeatures, better_core};
+
+    let kernels = kernels_the_server_reports(None);
+    assert_eq!(
+        better_core(&kernels, CpuFeatures::detect()),
+        None,
+        "the server runs OpenBLAS's {kernels} kernels on a CPU with better ones ({:?})",
+        CpuFeatures::detect()
+    );
+}
+
+#[test]
+fn a_kernel_set_the_user_chose_is_kept() {
+    assert_eq!(kernels_the_server_reports(Some("Prescott")), "Prescott");
 }
