@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where mlx-serve's time goes under the side-by-side load (docs/performance.md).
-# Starts the server as scripts/side_by_side.sh does (512 MiB pool, no disk store), then runs
+# Starts the server as scripts/side_by_side.sh does (default pool, no disk store), then runs
 # `stress profile` at concurrency 1/4/8: per level, the engine's step profile (ms per step
 # by kind and phase, from /metrics) and each thread's CPU time. With PERF=1 and `perf`
 # installed (apt install linux-perf), it also samples the server during the concurrency-8
@@ -15,7 +15,7 @@ PORT=${PORT:-18310}
 mkdir -p "$OUT"
 cargo build --release --workspace --quiet
 # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
-target/release/mlx-serve serve --port "$PORT" --kv-cache-mb 512 --no-kv-store \
+target/release/mlx-serve serve --port "$PORT" --no-kv-store \
     ${SERVER_FLAGS:-} > "$OUT/server.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2> /dev/null; wait $PID 2> /dev/null || true' EXIT

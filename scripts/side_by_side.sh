@@ -31,7 +31,7 @@ wait_ready() {
 start() {
     case $1 in
         mlx-serve)
-            target/release/mlx-serve serve --port 18300 --kv-cache-mb 512 \
+            target/release/mlx-serve serve --port 18300 \
                 --kv-store-dir "$OUT/kv" > "$OUT/mlx-serve.log" 2>&1 &
             PID=$!; URL=http://127.0.0.1:18300; MODEL=SmolLM2-135M-Instruct.Q4_1
             wait_ready "$URL/health/ready" ;;

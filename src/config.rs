@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::cache_store::{self, Encoding, StoreConfig};
-use crate::engine::{EngineConfig, StorePolicy};
+use crate::engine::{EngineConfig, PoolSize, StorePolicy};
 use crate::model::weights::WeightMode;
 
 /// The model `make run` serves: what `make setup` installs.
@@ -50,9 +50,12 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_WEIGHTS", default_value = "auto", value_parser = parse_weights)]
     pub weights: WeightMode,
 
-    /// Memory for the KV-cache block pool, in MiB; fixes how many tokens can be cached.
-    #[arg(long, env = "MLX_SERVE_KV_CACHE_MB", default_value_t = 512)]
-    pub kv_cache_mb: usize,
+    /// Memory for the KV-cache block pool, in MiB, or `auto`: room for `--max-batch`
+    /// sequences at the model's full context, at most a quarter of the machine's memory.
+    /// Fixes how many tokens can be cached; pages become resident as blocks fill.
+    #[arg(long = "kv-cache-mb", env = "MLX_SERVE_KV_CACHE_MB", default_value = "auto",
+          value_parser = parse_pool_size)]
+    pub kv_pool: PoolSize,
 
     /// Tokens per KV-cache block: the unit of allocation, prefix sharing and persistence.
     #[arg(long, env = "MLX_SERVE_BLOCK_SIZE", default_value_t = 16)]
@@ -192,6 +195,18 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_pool_size(value: &str) -> Result<PoolSize, String> {
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(PoolSize::Auto);
+    }
+    match value.parse::<usize>() {
+        Ok(mib) if mib >= 1 => Ok(PoolSize::Bytes(mib.saturating_mul(1 << 20))),
+        _ => Err(format!(
+            "`{value}` is neither `auto` nor a size in MiB of at least 1"
+        )),
+    }
+}
+
 fn parse_weights(value: &str) -> Result<WeightMode, String> {
     WeightMode::parse(value)
         .ok_or_else(|| format!("`{value}` is not one of auto, f32, f16, bf16, quantized"))
@@ -211,9 +226,6 @@ impl ServeSettings {
                 "--block-size must be between 1 and {MAX_BLOCK_SIZE} (got {})",
                 self.block_size
             ));
-        }
-        if self.kv_cache_mb == 0 {
-            return Err("--kv-cache-mb must be at least 1".to_owned());
         }
         if self.max_batch == 0 {
             return Err("--max-batch must be at least 1".to_owned());
@@ -284,7 +296,7 @@ impl ServeSettings {
     /// The engine's settings; what the CLI does not expose keeps the engine's defaults.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
-            kv_cache_bytes: self.kv_cache_bytes(),
+            kv_pool: self.kv_pool,
             block_size: self.block_size,
             max_batch: self.max_batch,
             max_step_tokens: self.max_step_tokens,
@@ -336,10 +348,6 @@ impl ServeSettings {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
-
-    pub fn kv_cache_bytes(&self) -> usize {
-        self.kv_cache_mb.saturating_mul(1 << 20)
-    }
 }
 
 /// Settings from `serve`'s arguments as they would follow `mlx-serve serve` (environment
@@ -365,7 +373,10 @@ mod tests {
     fn defaults_and_validation() {
         let settings = parse_args(&[]).unwrap();
         assert_eq!(settings.model, DEFAULT_MODEL);
-        assert_eq!((settings.block_size, settings.kv_cache_mb), (16, 512));
+        assert_eq!(
+            (settings.block_size, settings.kv_pool),
+            (16, PoolSize::Auto)
+        );
         let engine = settings.engine_config();
         assert_eq!((engine.max_step_tokens, engine.prefill_chunk), (2048, 256));
         assert_eq!(engine.arrival_gather, Duration::from_millis(5));
@@ -462,8 +473,9 @@ mod tests {
 
         let settings = parse_args(&["--block-size", "0"]).unwrap();
         assert!(settings.validate().unwrap_err().contains("--block-size"));
-        let settings = parse_args(&["--kv-cache-mb", "0"]).unwrap();
-        assert!(settings.validate().unwrap_err().contains("--kv-cache-mb"));
+        assert!(parse_args(&["--kv-cache-mb", "0"]).is_err());
+        let settings = parse_args(&["--kv-cache-mb", "64"]).unwrap();
+        assert_eq!(settings.kv_pool, PoolSize::Bytes(64 << 20));
         let settings = parse_args(&["--weights", "f16"]).unwrap();
         assert_eq!(settings.weights, WeightMode::F16);
         assert!(parse_args(&["--weights", "q3"]).is_err());

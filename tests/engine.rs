@@ -9,7 +9,7 @@ use std::time::Duration;
 use mlx_serve::engine::sampling::SamplingParams;
 use mlx_serve::engine::scheduler::Busy;
 use mlx_serve::engine::sequence::{Event, FinishReason, GenerationRequest, Usage};
-use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, StepKind, SubmitError};
+use mlx_serve::engine::{EngineConfig, EngineHandle, EventStream, PoolSize, StepKind, SubmitError};
 
 use common::DEADLINE;
 
@@ -20,7 +20,7 @@ fn start(config: EngineConfig) -> EngineHandle {
 
 fn small_config() -> EngineConfig {
     EngineConfig {
-        kv_cache_bytes: 32 << 20,
+        kv_pool: PoolSize::Bytes(32 << 20),
         ..EngineConfig::default()
     }
 }
@@ -144,7 +144,7 @@ async fn greedy_through_the_engine_matches_the_reference_alone_and_batched() {
 async fn exhausted_pool_refuses_at_once_and_keeps_serving() {
     // Room for about 220 tokens, no queue.
     let engine = start(EngineConfig {
-        kv_cache_bytes: 10 << 20,
+        kv_pool: PoolSize::Bytes(10 << 20),
         max_queue: 0,
         watermark_blocks: 0,
         ..EngineConfig::default()
@@ -322,7 +322,7 @@ async fn preempted_requests_are_recomputed_and_finish_correctly() {
 #[tokio::test]
 async fn waiting_too_long_for_blocks_times_out() {
     let engine = start(EngineConfig {
-        kv_cache_bytes: 10 << 20,
+        kv_pool: PoolSize::Bytes(10 << 20),
         max_queue: 4,
         watermark_blocks: 0,
         queue_timeout: Duration::from_millis(300),
@@ -498,7 +498,7 @@ async fn a_preempted_request_waits_no_longer_than_the_queue_timeout() {
     let engine = EngineHandle::start(
         common::load_default_model,
         EngineConfig {
-            kv_cache_bytes: 10 << 20,
+            kv_pool: PoolSize::Bytes(10 << 20),
             watermark_blocks: 0,
             queue_timeout: Duration::from_secs(1),
             ..EngineConfig::default()

@@ -10,10 +10,50 @@ use crate::cache_store::StoreConfig;
 /// steady trickle of requests must not hold the first one back for long.
 pub const ARRIVAL_GATHER_MAX_WINDOWS: u32 = 4;
 
+/// The machine's memory the KV pool may take at most when sized automatically: a quarter.
+pub const AUTO_POOL_MEMORY_DIVISOR: u64 = 4;
+
+/// How much memory the KV block pool reserves. The pool bounds the engine's KV memory
+/// (work beyond it is refused or queued, never an out-of-memory), while its pages become
+/// resident only as blocks are written (`model::kv_cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolSize {
+    /// From the model and the machine: room for `max_batch` sequences at the model's full
+    /// context, and no more than a quarter of the machine's memory.
+    Auto,
+    /// This many bytes (whole blocks of it).
+    Bytes(usize),
+}
+
+impl PoolSize {
+    /// The pool's budget in bytes, for a model whose tokens take `bytes_per_token` across
+    /// its layers, an engine running `max_batch` sequences of at most `context_length`
+    /// tokens, on a machine with `machine_memory` bytes.
+    pub fn budget(
+        self,
+        bytes_per_token: usize,
+        max_batch: usize,
+        context_length: usize,
+        machine_memory: u64,
+    ) -> usize {
+        match self {
+            PoolSize::Bytes(bytes) => bytes,
+            PoolSize::Auto => {
+                let full_use = bytes_per_token
+                    .saturating_mul(max_batch)
+                    .saturating_mul(context_length);
+                let share = usize::try_from(machine_memory / AUTO_POOL_MEMORY_DIVISOR)
+                    .unwrap_or(usize::MAX);
+                full_use.min(share)
+            }
+        }
+    }
+}
+
 /// Engine settings (from `ServeSettings` in the server).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
-    pub kv_cache_bytes: usize,
+    pub kv_pool: PoolSize,
     pub block_size: usize,
     /// Sequences per step.
     pub max_batch: usize,
@@ -81,7 +121,7 @@ impl FromStr for StorePolicy {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            kv_cache_bytes: 512 << 20,
+            kv_pool: PoolSize::Auto,
             block_size: 16,
             max_batch: 16,
             max_step_tokens: 2048,
@@ -96,5 +136,36 @@ impl Default for EngineConfig {
             kv_store: None,
             store_policy: StorePolicy::Reused,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn an_explicit_size_is_kept() {
+        assert_eq!(
+            PoolSize::Bytes(64 << 20).budget(46_080, 16, 8192, 24 * GIB),
+            64 << 20
+        );
+    }
+
+    #[test]
+    fn auto_holds_a_full_batch_at_full_context_when_memory_allows() {
+        // The default model in f32: 46,080 bytes per token, 16 sequences of 8,192 tokens.
+        let full = 46_080 * 16 * 8192;
+        assert_eq!(PoolSize::Auto.budget(46_080, 16, 8192, 24 * GIB), full);
+    }
+
+    #[test]
+    fn auto_takes_at_most_a_quarter_of_the_machine() {
+        // Llama 3 8B in f16 (131,072 bytes per token) at 128K tokens of context, 16 GiB.
+        assert_eq!(
+            PoolSize::Auto.budget(131_072, 16, 131_072, 16 * GIB),
+            (4 * GIB) as usize
+        );
     }
 }

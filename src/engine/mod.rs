@@ -20,7 +20,7 @@ pub mod stop;
 mod worker;
 
 pub use admission::Pending;
-pub use config::{EngineConfig, StorePolicy};
+pub use config::{EngineConfig, PoolSize, StorePolicy};
 pub use handle::{DrainReport, EngineHandle, EngineStats, EventStream, Room, SubmitError};
 pub use persistence::PersistReport;
 pub use served_model::{PromptError, ServedModel};

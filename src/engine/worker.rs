@@ -138,6 +138,14 @@ struct Drain {
     report: DrainReport,
 }
 
+/// The machine's physical memory in bytes, which an automatically sized KV pool takes a
+/// share of.
+fn machine_memory() -> u64 {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    system.total_memory()
+}
+
 /// Read-held by every engine thread for each step. The process-exit hook takes it for
 /// writing, for good, so C++ static destructors (MLX's allocator among them) never run
 /// under a forward step when a process that embeds engines (a test binary) exits normally.
@@ -194,14 +202,23 @@ impl Worker {
         register_exit_hook();
         let model_config = loaded.model.config().clone();
         let dtype = loaded.model.mode().compute_dtype();
-        let kv = KvCacheConfig::from_budget(
-            config.kv_cache_bytes,
-            config.block_size,
-            &model_config,
-            dtype,
-        )
-        .map_err(ModelError::KvCache)?;
+        let budget = config.kv_pool.budget(
+            KvCacheConfig::bytes_per_block(1, &model_config, dtype),
+            config.max_batch.max(1),
+            model_config.context_length,
+            machine_memory(),
+        );
+        let kv = KvCacheConfig::from_budget(budget, config.block_size, &model_config, dtype)
+            .map_err(ModelError::KvCache)?;
         let cache = PagedKvCache::new(kv, &model_config, dtype)?;
+        let reserved =
+            kv.num_blocks * KvCacheConfig::bytes_per_block(kv.block_size, &model_config, dtype);
+        tracing::info!(
+            size = ?config.kv_pool,
+            reserved_mib = reserved >> 20,
+            tokens = kv.total_tokens(),
+            "KV pool reserved; memory becomes resident as blocks fill"
+        );
         let store = match &config.kv_store {
             Some(store_config) => {
                 let identity = StoreIdentity {

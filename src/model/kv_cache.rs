@@ -21,13 +21,14 @@
 //! the same slot addressing.
 
 use mlx_rs::error::Exception;
+use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::{TryIndexOp, scatter_single, take_axis};
-use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
 use super::batch::{DecodeBatch, KeyLocation};
 use super::config::ModelConfig;
+use super::pool_memory::zeroed_on_demand;
 
 /// Geometry of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +94,7 @@ impl KvCacheConfig {
     }
 }
 
-fn dtype_bytes(dtype: Dtype) -> usize {
+pub(super) fn dtype_bytes(dtype: Dtype) -> usize {
     match dtype {
         Dtype::Float32 => 4,
         _ => 2,
@@ -124,8 +125,8 @@ pub struct PagedKvCache {
 }
 
 impl PagedKvCache {
-    /// Allocates (and materialises) the whole pool up front, so memory use is fixed from
-    /// start-up on.
+    /// Reserves the whole pool up front, so its size bounds memory from start-up on; pages
+    /// become resident as blocks are first written (`pool_memory`).
     /// Fails when the geometry is empty or too large for MLX's 32-bit indices.
     pub fn new(
         config: KvCacheConfig,
@@ -140,8 +141,8 @@ impl PagedKvCache {
         let layers = (0..model.num_layers)
             .map(|_| {
                 Ok(LayerKv {
-                    keys: zeros_dtype(&shape, dtype)?,
-                    values: zeros_dtype(&shape, dtype)?,
+                    keys: zeroed_on_demand(&shape, dtype)?,
+                    values: zeroed_on_demand(&shape, dtype)?,
                 })
             })
             .collect::<Result<Vec<_>, Exception>>()?;

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
+mod pool_memory;
 mod pre_tokenizer;
 pub mod tokenizer;
 mod tokenizer_config;

@@ -1,0 +1,61 @@
+//! Zero-filled arrays for the KV pool whose memory becomes resident only where it is
+//! written (Linux).
+//!
+//! The pool is sized once, at start-up, so that admission can refuse or queue work instead
+//! of running out of memory. Filling it with zeros writes every page, so the whole pool
+//! counted in the process's resident memory from the first second: 512 MiB of RSS for a
+//! server that held one conversation (1,126 MiB at one stream against mlx_lm.server's
+//! 718 MiB, docs/performance.md).
+//!
+//! MLX's CPU allocator takes its buffers from `malloc`, which is private anonymous memory
+//! on Linux. After the zeros are written, the pages of such memory are handed back to the
+//! kernel (`madvise(MADV_DONTNEED)`): the array still reads as zeros, because the kernel
+//! maps a zero-filled page on the next touch, and a page takes memory again only when a
+//! block is written into it. So resident memory follows the blocks that were ever filled,
+//! while the pool's size still bounds it. (Wrapping a fresh mapping as the array's data
+//! would be simpler, but MLX's CPU allocator copies external data into its own buffer,
+//! which writes every page.)
+//!
+//! Elsewhere the zeros stay resident: the pool is plain `zeros`.
+
+use mlx_rs::error::Exception;
+use mlx_rs::ops::zeros_dtype;
+use mlx_rs::{Array, Dtype};
+
+/// A `dtype` array of `shape` that reads as zeros and, on Linux, takes resident memory
+/// only for the pages later written into it.
+pub fn zeroed_on_demand(shape: &[i32], dtype: Dtype) -> Result<Array, Exception> {
+    let array = zeros_dtype(shape, dtype)?;
+    array.eval()?;
+    #[cfg(target_os = "linux")]
+    release_pages(&array);
+    Ok(array)
+}
+
+/// Hands the whole pages of `array`'s buffer back to the kernel. Only for an evaluated
+/// array that holds nothing but zeros and that nothing else shares: its contents read the
+/// same afterwards.
+#[cfg(target_os = "linux")]
+fn release_pages(array: &Array) {
+    // SAFETY: reads the buffer's address of an evaluated array; nothing is dereferenced.
+    let start = unsafe { mlx_sys::mlx_array_data_uint8(array.as_ptr()) } as usize;
+    let len = array.nbytes();
+    if start == 0 || len == 0 {
+        return;
+    }
+    // SAFETY: sysconf only reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    // Only the pages wholly inside the buffer: the allocator's bookkeeping may share the
+    // first and last ones.
+    let first = start.next_multiple_of(page);
+    let end = (start + len) / page * page;
+    if end <= first {
+        return;
+    }
+    // SAFETY: [first, end) lies inside the array's buffer, which is private anonymous
+    // memory (malloc's) holding zeros; after MADV_DONTNEED it reads as zeros again, so the
+    // array's contents do not change. A failure leaves the pages resident, nothing else.
+    unsafe {
+        libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+    }
+}
