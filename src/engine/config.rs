@@ -19,7 +19,8 @@ pub const AUTO_POOL_MEMORY_DIVISOR: u64 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolSize {
     /// From the model and the machine: room for `max_batch` sequences at the model's full
-    /// context, and no more than a quarter of the machine's memory.
+    /// context, and no more than a quarter of the machine's memory (or of its container's
+    /// limit when lower).
     Auto,
     /// This many bytes (whole blocks of it).
     Bytes(usize),

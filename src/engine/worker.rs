@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Book, Queued};
-use super::config::{ARRIVAL_GATHER_MAX_WINDOWS, EngineConfig};
+use super::config::{ARRIVAL_GATHER_MAX_WINDOWS, EngineConfig, PoolSize};
 use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
 use super::persistence::{PersistReport, Persistence};
 use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
@@ -138,12 +138,17 @@ struct Drain {
     report: DrainReport,
 }
 
-/// The machine's physical memory in bytes, which an automatically sized KV pool takes a
-/// share of.
+/// The memory this process may use, in bytes, which an automatically sized KV pool takes a
+/// share of: the machine's, or its container's (cgroup) limit when that is lower. 0 when
+/// neither is known.
 fn machine_memory() -> u64 {
     let mut system = sysinfo::System::new();
     system.refresh_memory();
-    system.total_memory()
+    let total = system.total_memory();
+    match system.cgroup_limits() {
+        Some(limits) if limits.total_memory > 0 => limits.total_memory.min(total),
+        _ => total,
+    }
 }
 
 /// Read-held by every engine thread for each step. The process-exit hook takes it for
@@ -202,11 +207,19 @@ impl Worker {
         register_exit_hook();
         let model_config = loaded.model.config().clone();
         let dtype = loaded.model.mode().compute_dtype();
+        let memory = machine_memory();
+        if config.kv_pool == PoolSize::Auto && memory == 0 {
+            return Err(ModelError::KvCache(
+                "cannot size the KV pool automatically: this system does not report its \
+                 memory; set --kv-cache-mb"
+                    .to_owned(),
+            ));
+        }
         let budget = config.kv_pool.budget(
             KvCacheConfig::bytes_per_block(1, &model_config, dtype),
             config.max_batch.max(1),
             model_config.context_length,
-            machine_memory(),
+            memory,
         );
         let kv = KvCacheConfig::from_budget(budget, config.block_size, &model_config, dtype)
             .map_err(ModelError::KvCache)?;
