@@ -29,23 +29,29 @@ pub enum PoolSize {
 impl PoolSize {
     /// The pool's budget in bytes, for a model whose tokens take `bytes_per_token` across
     /// its layers, an engine running `max_batch` sequences of at most `context_length`
-    /// tokens, on a machine with `machine_memory` bytes.
+    /// tokens, on a machine with `machine_memory` bytes (0: unknown). Fails when `Auto`
+    /// cannot tell the machine's memory.
     pub fn budget(
         self,
         bytes_per_token: usize,
         max_batch: usize,
         context_length: usize,
         machine_memory: u64,
-    ) -> usize {
+    ) -> Result<usize, String> {
         match self {
-            PoolSize::Bytes(bytes) => bytes,
+            PoolSize::Bytes(bytes) => Ok(bytes),
+            PoolSize::Auto if machine_memory == 0 => Err(
+                "cannot size the KV pool automatically: this system does not report its \
+                 memory; set --kv-cache-mb"
+                    .to_owned(),
+            ),
             PoolSize::Auto => {
                 let full_use = bytes_per_token
                     .saturating_mul(max_batch)
                     .saturating_mul(context_length);
                 let share = usize::try_from(machine_memory / AUTO_POOL_MEMORY_DIVISOR)
                     .unwrap_or(usize::MAX);
-                full_use.min(share)
+                Ok(full_use.min(share))
             }
         }
     }
@@ -150,7 +156,7 @@ mod tests {
     fn an_explicit_size_is_kept() {
         assert_eq!(
             PoolSize::Bytes(64 << 20).budget(46_080, 16, 8192, 24 * GIB),
-            64 << 20
+            Ok(64 << 20)
         );
     }
 
@@ -158,7 +164,7 @@ mod tests {
     fn auto_holds_a_full_batch_at_full_context_when_memory_allows() {
         // The default model in f32: 46,080 bytes per token, 16 sequences of 8,192 tokens.
         let full = 46_080 * 16 * 8192;
-        assert_eq!(PoolSize::Auto.budget(46_080, 16, 8192, 24 * GIB), full);
+        assert_eq!(PoolSize::Auto.budget(46_080, 16, 8192, 24 * GIB), Ok(full));
     }
 
     #[test]
@@ -166,7 +172,17 @@ mod tests {
         // Llama 3 8B in f16 (131,072 bytes per token) at 128K tokens of context, 16 GiB.
         assert_eq!(
             PoolSize::Auto.budget(131_072, 16, 131_072, 16 * GIB),
-            (4 * GIB) as usize
+            Ok((4 * GIB) as usize)
+        );
+    }
+
+    #[test]
+    fn auto_refuses_when_the_machine_memory_is_unknown() {
+        let error = PoolSize::Auto.budget(46_080, 16, 8192, 0).unwrap_err();
+        assert!(error.contains("--kv-cache-mb"), "{error}");
+        assert_eq!(
+            PoolSize::Bytes(1 << 20).budget(46_080, 16, 8192, 0),
+            Ok(1 << 20)
         );
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Book, Queued};
-use super::config::{ARRIVAL_GATHER_MAX_WINDOWS, EngineConfig, PoolSize};
+use super::config::{ARRIVAL_GATHER_MAX_WINDOWS, EngineConfig};
 use super::handle::{DrainReport, EngineStats, EventStream, SubmitError};
 use super::persistence::{PersistReport, Persistence};
 use super::scheduler::{Phase, RestoreOrder, ScheduledChunk, Scheduler, SchedulerConfig, SeqId};
@@ -207,20 +207,15 @@ impl Worker {
         register_exit_hook();
         let model_config = loaded.model.config().clone();
         let dtype = loaded.model.mode().compute_dtype();
-        let memory = machine_memory();
-        if config.kv_pool == PoolSize::Auto && memory == 0 {
-            return Err(ModelError::KvCache(
-                "cannot size the KV pool automatically: this system does not report its \
-                 memory; set --kv-cache-mb"
-                    .to_owned(),
-            ));
-        }
-        let budget = config.kv_pool.budget(
-            KvCacheConfig::bytes_per_block(1, &model_config, dtype),
-            config.max_batch.max(1),
-            model_config.context_length,
-            memory,
-        );
+        let budget = config
+            .kv_pool
+            .budget(
+                KvCacheConfig::bytes_per_block(1, &model_config, dtype),
+                config.max_batch.max(1),
+                model_config.context_length,
+                machine_memory(),
+            )
+            .map_err(ModelError::KvCache)?;
         let kv = KvCacheConfig::from_budget(budget, config.block_size, &model_config, dtype)
             .map_err(ModelError::KvCache)?;
         let cache = PagedKvCache::new(kv, &model_config, dtype)?;

@@ -146,15 +146,14 @@ impl PagedKvCache {
                 })
             })
             .collect::<Result<Vec<_>, Exception>>()?;
-        let cache = PagedKvCache {
+        // `zeroed_on_demand` evaluates each array: the pool exists in full from here on.
+        Ok(PagedKvCache {
             layers,
             config,
             kv_heads,
             head_dim,
             dtype,
-        };
-        mlx_rs::transforms::eval(cache.arrays())?;
-        Ok(cache)
+        })
     }
 
     pub fn config(&self) -> KvCacheConfig {
