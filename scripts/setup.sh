@@ -75,7 +75,7 @@ macos_tools() {
     || die "promtool (checks /metrics in the tests) is missing: brew install prometheus"
 }
 
-RUST_MIN=1.88
+RUST_MIN=1.89
 command -v cargo >/dev/null 2>&1 \
   || die "Rust is missing: install it with rustup (https://rustup.rs), then rerun"
 rust_version=$(rustc --version 2>/dev/null | awk '{print $2}')

@@ -15,7 +15,11 @@
 pub mod api;
 pub mod cache_store;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod core_pool;
 pub mod engine;
+#[cfg(target_os = "linux")]
+pub mod few_row_gemm;
 pub mod metrics;
 pub mod model;
 #[cfg(target_os = "linux")]

@@ -54,52 +54,78 @@ fn libmlx_calls_reach_the_executables_own_sgemm_first() {
     );
 }
 
-/// `op(x) · op(w)` for a `[1, k]` row and a `[k, n]` matrix, each possibly stored
-/// transposed, through MLX (so through `cblas_sgemm`), against a plain sum.
+/// `op(x) · op(w)` for an `[m, k]` input and a `[k, n]` matrix, each possibly stored
+/// transposed, through MLX (so through the executable's `cblas_sgemm`), against a plain
+/// sum, for row counts that take every route: the few-row kernel (1–16 rows by a weight
+/// matrix stored `n × k`, as libmlx passes `x · Wᵀ`), OpenBLAS alone (one row by a matrix
+/// stored `k × n`: too few multiply-adds to split), and products split over the pool (17
+/// rows along the columns, 300 along the rows).
 #[test]
-fn one_row_products_go_to_gemv_and_equal_a_plain_sum() {
+fn products_of_every_shape_take_their_route_and_equal_a_plain_sum() {
     use mlx_rs::Array;
     use mlx_rs::ops::{addmm, matmul};
+    use mlx_serve::sgemm_forward::{few_row_products, split_products};
 
-    // Large enough to be forwarded (at least 2^16 elements).
+    // At least 2^16 weights, so that few-row products go to the kernel.
     let (k, n) = (301, 257);
-    let x: Vec<f32> = (0..k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect();
     let w: Vec<f32> = (0..k * n)
         .map(|i| ((i * 13 % 17) as f32 - 8.0) / 16.0)
         .collect();
-    let expected: Vec<f32> = (0..n)
-        .map(|j| (0..k).map(|i| x[i] * w[i * n + j]).sum())
-        .collect();
-    let row = Array::from_slice(&x, &[1, k as i32]);
-    let column = Array::from_slice(&x, &[k as i32, 1]).t();
     let plain = Array::from_slice(&w, &[k as i32, n as i32]);
     // The same matrix stored n × k and viewed transposed.
     let stored_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
     let transposed = Array::from_slice(&stored_t, &[n as i32, k as i32]).t();
 
-    let before = mlx_serve::sgemm_forward::forwarded_calls();
-    let close = |got: &Array, scale: f32, offset: f32, what: &str| {
-        got.eval().expect("eval");
-        for (j, (g, e)) in got.as_slice::<f32>().iter().zip(&expected).enumerate() {
-            let e = scale * e + offset;
-            assert!(
-                (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                "{what}: [{j}] {g} vs {e}"
-            );
-        }
-    };
-    for (a, a_name) in [(&row, "row"), (&column, "column")] {
-        for (b, b_name) in [(&plain, "B"), (&transposed, "Bᵀ stored")] {
-            let what = format!("{a_name} · {b_name}");
-            close(&matmul(a, b).expect("matmul"), 1.0, 0.0, &what);
-            let c = Array::from_slice(&vec![1.0f32; n], &[1, n as i32]);
-            let sum = addmm(&c, a, b, 0.5, 2.0).expect("addmm");
-            close(&sum, 0.5, 2.0, &format!("addmm {what}"));
+    let (few_before, split_before) = (few_row_products(), split_products());
+    for m in [1usize, 3, 8, 16, 17, 300] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0)
+            .collect();
+        let expected: Vec<f32> = (0..m * n)
+            .map(|at| {
+                let (r, j) = (at / n, at % n);
+                (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum()
+            })
+            .collect();
+        let rows = Array::from_slice(&x, &[m as i32, k as i32]);
+        // The same input stored k × m and viewed transposed.
+        let x_t: Vec<f32> = (0..k * m).map(|i| x[(i % m) * k + i / m]).collect();
+        let columns = Array::from_slice(&x_t, &[k as i32, m as i32]).t();
+        let close = |got: &Array, scale: f32, offset: f32, what: &str| {
+            got.eval().expect("eval");
+            let got = got.as_slice::<f32>();
+            assert_eq!(got.len(), expected.len(), "{what}: shape");
+            for (at, (g, e)) in got.iter().zip(&expected).enumerate() {
+                let e = scale * e + offset;
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{what}: [{}][{}] {g} vs {e}",
+                    at / n,
+                    at % n
+                );
+            }
+        };
+        for (a, a_name) in [(&rows, "A"), (&columns, "Aᵀ stored")] {
+            for (b, b_name) in [(&plain, "B"), (&transposed, "Bᵀ stored")] {
+                let what = format!("{m} rows: {a_name} · {b_name}");
+                close(&matmul(a, b).expect("matmul"), 1.0, 0.0, &what);
+                let c = Array::from_slice(&vec![1.0f32; m * n], &[m as i32, n as i32]);
+                let sum = addmm(&c, a, b, 0.5, 2.0).expect("addmm");
+                close(&sum, 0.5, 2.0, &format!("addmm {what}"));
+            }
         }
     }
+    // 1, 3, 8 and 16 rows of a row-major input by Bᵀ stored, twice each (matmul, addmm).
     assert!(
-        mlx_serve::sgemm_forward::forwarded_calls() >= before + 8,
-        "the one-row products did not go to GEMV"
+        few_row_products() >= few_before + 8,
+        "the few-row products did not go to the kernel ({} of 8)",
+        few_row_products() - few_before
+    );
+    // 17 and 300 rows, four layouts, twice each.
+    assert!(
+        split_products() >= split_before + 16,
+        "the 17- and 300-row products were not split over the pool ({} of 16)",
+        split_products() - split_before
     );
 }
 

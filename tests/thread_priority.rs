@@ -1,8 +1,8 @@
 //! The real binary's threads on Linux: after a generation (so every compute thread exists,
-//! OpenBLAS's pool, started before `main`, among them), only the main thread and the async
-//! runtime's threads run at the process's priority; every other thread runs at least
-//! 10 nice steps lower, so refusals and health checks never wait for a core behind a
-//! prefill (docs/engine.md).
+//! OpenBLAS's pool, started before `main`, and the matrix-product helpers among them), only
+//! the main thread and the async runtime's threads run at the process's priority; every
+//! other thread runs at least 10 nice steps lower, so refusals and health checks never
+//! wait for a core behind a prefill (docs/engine.md).
 
 #![cfg(target_os = "linux")]
 
@@ -78,6 +78,12 @@ async fn every_thread_but_the_front_end_runs_ten_nice_steps_lower() {
         assert!(
             compute.iter().any(|t| t.name == main.name),
             "OpenBLAS's worker, started before main: {threads:?}"
+        );
+        // The helpers that share matrix products (src/core_pool.rs), started by MLX's
+        // stream thread on the first product.
+        assert!(
+            compute.iter().any(|t| t.name.starts_with("mlx-serve-gemm")),
+            "the matrix-product helper: {threads:?}"
         );
     }
     let expected = (main.nice + 10).min(19);
