@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
 use mlx_rs::ops::indexing::{TryIndexOp, take_axis};
-use mlx_rs::ops::{add, concatenate, multiply};
+use mlx_rs::ops::{add, concatenate, divide, expm1, negative};
+use mlx_rs::transforms::compile::compile;
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
@@ -339,10 +340,8 @@ impl LlamaModel {
             h = add(&h, layer.o_proj.forward(&attended)?)?;
 
             let x = rms_norm(&h, Some(&layer.post_attention_norm), eps)?;
-            let gate = mlx_rs::nn::silu(layer.gate_proj.forward(&x)?)?;
-            let mlp = layer
-                .down_proj
-                .forward(&multiply(&gate, layer.up_proj.forward(&x)?)?)?;
+            let gated = swiglu(&layer.gate_proj.forward(&x)?, &layer.up_proj.forward(&x)?)?;
+            let mlp = layer.down_proj.forward(&gated)?;
             h = add(&h, &mlp)?;
         }
 
@@ -369,4 +368,18 @@ impl LlamaModel {
             None => rope_dynamic(x, dims, false, self.config.rope_theta, 1.0, positions, None),
         }
     }
+}
+
+/// The feed-forward's gated activation, `silu(gate) · up`, as one compiled kernel, with
+/// the SiLU written `gate / (2 + expm1(-gate))`. MLX's CPU build for x86-64 computes `exp`
+/// (and so `sigmoid` and `nn::silu`) one value at a time with a polynomial whose
+/// multiply-adds are calls into libm; `expm1` is a single libm call per value. On a
+/// prefill-sized `[1120, 1536]` input that took the activation from 42.7 to 29.1 ms
+/// (docs/performance.md); on Metal it is one fused kernel either way. The two forms agree
+/// to within 1.5e-6, and both reach `-0` and `gate` at the extremes.
+fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
+    let activation = |(gate, up): (&Array, &Array)| {
+        divide(gate, add(expm1(negative(gate)?)?, Array::from_f32(2.0))?)?.multiply(up)
+    };
+    compile(activation, true)((gate, up))
 }
