@@ -47,9 +47,8 @@ pub struct Product {
     pub ldc: usize,
 }
 
-// SAFETY: a `Product` is a description of matrices; the threads that compute it write
+// SAFETY: a `Product` is a description of matrices; the threads that share one write
 // disjoint column ranges of `c` and only read `a` and `b` (see `Kernel::columns`).
-unsafe impl Send for Product {}
 unsafe impl Sync for Product {}
 
 /// The instruction set a product is computed with, chosen once from the CPU.

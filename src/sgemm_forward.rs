@@ -148,18 +148,11 @@ pub unsafe extern "C" fn cblas_sgemm(
     let sgemm = openblas_sgemm();
     // First, so that OpenBLAS is down to one thread before any product runs.
     let pool = core_pool::global();
-    if order != ROW_MAJOR || m <= 0 || n <= 0 || k <= 0 {
-        // SAFETY: the caller's arguments pass through unchanged.
-        unsafe {
-            sgemm(
-                order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-            )
-        };
-        return;
-    }
-    let (rows, columns) = (m as usize, n as usize);
-    let work = i64::from(m) * i64::from(n) * i64::from(k);
-    if let Some(kernel) = kernel()
+    // Only well-formed row-major products are routed; anything else goes to OpenBLAS as is.
+    let routed = order == ROW_MAJOR && m > 0 && n > 0 && k > 0;
+    let (rows, columns) = (m.max(0) as usize, n.max(0) as usize);
+    if routed
+        && let Some(kernel) = kernel()
         && trans_a == NO_TRANS
         && trans_b == TRANS
         && rows <= few_row_gemm::MAX_ROWS
@@ -191,8 +184,9 @@ pub unsafe extern "C" fn cblas_sgemm(
         return;
     }
     let parts = pool.threads();
-    if work < MIN_SPLIT_WORK || rows.max(columns) < parts * MIN_PART_SIDE {
-        // SAFETY: as above.
+    let work = i64::from(m) * i64::from(n) * i64::from(k);
+    if !routed || work < MIN_SPLIT_WORK || rows.max(columns) < parts * MIN_PART_SIDE {
+        // SAFETY: the caller's arguments pass through unchanged.
         unsafe {
             sgemm(
                 order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
