@@ -13,16 +13,19 @@
 //!   mlx-lm uses for a lone sequence (causal mask for a chunk, none for one token), so
 //!   single-stream outputs match the reference.
 
+use std::cell::RefCell;
+use std::f32::consts::LOG2_E;
 use std::time::{Duration, Instant};
 
 use mlx_rs::error::Exception;
-use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, rope_dynamic};
+use mlx_rs::fast::{rms_norm, rope_dynamic};
 use mlx_rs::ops::indexing::{TryIndexOp, take_axis};
-use mlx_rs::ops::{add, concatenate, divide, expm1, negative};
+use mlx_rs::ops::{add, concatenate, divide, multiply, power};
 use mlx_rs::transforms::compile::compile;
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
+use super::attention::{AttentionKernel, Mask, causal_mask};
 use super::batch::{Attention, BatchPlan, SequenceChunk};
 use super::config::ModelConfig;
 use super::kv_cache::PagedKvCache;
@@ -54,7 +57,15 @@ pub struct LlamaModel {
     lm_head: Option<Linear>,
     /// Llama-3 scaled RoPE periods; `None` = plain `rope_theta`.
     rope_freqs: Option<Array>,
+    attention: AttentionKernel,
+    /// [`swiglu`], compiled once for the model's lifetime.
+    activation: Compiled2,
 }
+
+/// A compiled function of two arrays, kept so MLX traces it once (shapeless) instead of
+/// once per call.
+type Compiled2 =
+    RefCell<Box<dyn for<'a> FnMut((&'a Array, &'a Array)) -> Result<Array, Exception>>>;
 
 impl LlamaModel {
     /// Builds the model from Hugging Face-named tensors, converting them per `mode`, and
@@ -165,6 +176,8 @@ impl LlamaModel {
             norm,
             lm_head,
             rope_freqs,
+            attention: AttentionKernel::for_default_device((head_dim as f32).powf(-0.5)),
+            activation: RefCell::new(Box::new(compile(swiglu, true))),
         };
         mlx_rs::transforms::eval(model.arrays())?;
         Ok(model)
@@ -248,7 +261,6 @@ impl LlamaModel {
         let (heads, kv_heads, head_dim) =
             (c.num_heads as i32, c.num_kv_heads as i32, c.head_dim as i32);
         let eps = c.rms_norm_eps;
-        let scale = (c.head_dim as f32).powf(-0.5);
 
         let ids = Array::from_slice(&plan.token_ids, &[n]);
         let positions = Array::from_slice(&plan.positions, &[n]);
@@ -268,6 +280,19 @@ impl LlamaModel {
                 (cache.batch_index(batch), mask)
             })
             .collect::<Vec<_>>();
+        // Each prompt chunk's causal mask, likewise shared (one token needs none).
+        let causal_masks = plan
+            .attention
+            .iter()
+            .filter_map(|call| match call {
+                Attention::Alone(seq) => Some(&plan.sequences[*seq]),
+                Attention::Batched(_) => None,
+            })
+            .map(|seq| {
+                let (len, keys) = (seq.chunk_len as i32, seq.kv_len as i32);
+                (len > 1).then(|| causal_mask(len, keys)).transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut h = self.embed_tokens.rows(&ids)?;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -295,6 +320,7 @@ impl LlamaModel {
 
             let mut attended = Vec::with_capacity(plan.attention.len());
             let mut reads = batch_reads.iter();
+            let mut causal = causal_masks.iter();
             for call in &plan.attention {
                 let out = match call {
                     // Queries [B, H, 1, D] over the batch's padded keys, the padding masked.
@@ -303,15 +329,9 @@ impl LlamaModel {
                         let (first, b) = (batch.first_row as i32, batch.batch as i32);
                         let queries = q.try_index(first..first + b)?.expand_dims(2)?;
                         let (keys, values) = cache.batched(index, batch, gather)?;
-                        mlx_rs::fast::scaled_dot_product_attention(
-                            &queries,
-                            &keys,
-                            &values,
-                            scale,
-                            ScaledDotProductAttentionMask::Array(valid),
-                            None,
-                        )?
-                        .reshape(&[b, heads * head_dim])?
+                        self.attention
+                            .attend(&queries, &keys, &values, Mask::Valid(valid))?
+                            .reshape(&[b, heads * head_dim])?
                     }
                     // Queries [1, H, T, D] over exactly its keys, causal within a chunk.
                     Attention::Alone(seq) => {
@@ -322,13 +342,15 @@ impl LlamaModel {
                             .transpose_axes(&[1, 0, 2])?
                             .expand_dims(0)?;
                         let (keys, values) = cache.sequence(index, &seq.keys, seq.kv_len)?;
-                        let mask = (len > 1).then_some(ScaledDotProductAttentionMask::Causal);
+                        let mask = match causal.next().expect("one mask per lone call") {
+                            Some(causal) => Mask::Causal(causal),
+                            None => Mask::All,
+                        };
                         // [1, H, T, D] -> [T, H * D]
-                        mlx_rs::fast::scaled_dot_product_attention(
-                            &queries, &keys, &values, scale, mask, None,
-                        )?
-                        .transpose_axes(&[0, 2, 1, 3])?
-                        .reshape(&[len, heads * head_dim])?
+                        self.attention
+                            .attend(&queries, &keys, &values, mask)?
+                            .transpose_axes(&[0, 2, 1, 3])?
+                            .reshape(&[len, heads * head_dim])?
                     }
                 };
                 attended.push(out);
@@ -340,7 +362,8 @@ impl LlamaModel {
             h = add(&h, layer.o_proj.forward(&attended)?)?;
 
             let x = rms_norm(&h, Some(&layer.post_attention_norm), eps)?;
-            let gated = swiglu(&layer.gate_proj.forward(&x)?, &layer.up_proj.forward(&x)?)?;
+            let (gate, up) = (layer.gate_proj.forward(&x)?, layer.up_proj.forward(&x)?);
+            let gated = self.activation.borrow_mut()((&gate, &up))?;
             let mlp = layer.down_proj.forward(&gated)?;
             h = add(&h, &mlp)?;
         }
@@ -370,16 +393,51 @@ impl LlamaModel {
     }
 }
 
-/// The feed-forward's gated activation, `silu(gate) · up`, as one compiled kernel, with
-/// the SiLU written `gate / (2 + expm1(-gate))`. MLX's CPU build for x86-64 computes `exp`
-/// (and so `sigmoid` and `nn::silu`) one value at a time with a polynomial whose
-/// multiply-adds are calls into libm; `expm1` is a single libm call per value. On a
-/// prefill-sized `[1120, 1536]` input that took the activation from 42.7 to 29.1 ms
-/// (docs/performance.md); on Metal it is one fused kernel either way. The two forms agree
-/// to within 1.5e-6, and both reach `-0` and `gate` at the extremes.
-fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
-    let activation = |(gate, up): (&Array, &Array)| {
-        divide(gate, add(expm1(negative(gate)?)?, Array::from_f32(2.0))?)?.multiply(up)
-    };
-    compile(activation, true)((gate, up))
+/// The feed-forward's gated activation, `silu(gate) · up`, with the SiLU written
+/// `gate / (1 + 2^(−gate · log2 e))` and compiled into one kernel. MLX's CPU build for
+/// x86-64 computes `exp` (and so `sigmoid` and `nn::silu`) one value at a time through
+/// out-of-line libm calls; this is one libm `powf` per value. On a prefill-sized
+/// `[1120, 1536]` input it takes the activation from about 43 to 12 ms (docs/performance.md);
+/// on Metal it is one fused kernel either way. The forms agree to about 1e-7, and reach
+/// `-0` and `gate` at the extremes.
+fn swiglu((gate, up): (&Array, &Array)) -> Result<Array, Exception> {
+    let exponential = power(
+        Array::from_f32(2.0),
+        multiply(gate, Array::from_f32(-LOG2_E))?,
+    )?;
+    divide(gate, add(exponential, Array::from_f32(1.0))?)?.multiply(up)
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_rs::nn::silu;
+    use mlx_rs::ops::{abs, maximum};
+
+    use super::*;
+
+    #[test]
+    fn swiglu_equals_silu_times_up_at_every_magnitude() {
+        let mut compiled = compile(swiglu, true);
+        // Two shapes through the same compiled function: the shapeless trace is reused.
+        for len in [7, 1536] {
+            let gate: Vec<f32> = (0..len)
+                .map(|i| -120.0 + 240.0 * i as f32 / (len - 1) as f32)
+                .collect();
+            let gate = Array::from_slice(&gate, &[1, len]);
+            let up = Array::from_f32(1.5);
+            let up = mlx_rs::ops::broadcast_to(&up, &[1, len]).unwrap();
+            let got = compiled((&gate, &up)).unwrap();
+            let expected = silu(&gate).unwrap().multiply(&up).unwrap();
+            let error = divide(
+                abs(got.subtract(&expected).unwrap()).unwrap(),
+                maximum(abs(&expected).unwrap(), Array::from_f32(1e-30)).unwrap(),
+            )
+            .unwrap();
+            let worst = mlx_rs::ops::max(&error, None).unwrap().item_exact::<f32>();
+            assert!(worst < 1e-5, "relative error {worst} at {len} values");
+        }
+        let extremes = Array::from_slice(&[-200.0f32, 0.0, 200.0], &[3]);
+        let got = compiled((&extremes, &Array::from_f32(1.0))).unwrap();
+        assert_eq!(got.as_slice::<f32>(), &[-0.0, 0.0, 200.0]);
+    }
 }

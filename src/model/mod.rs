@@ -4,6 +4,7 @@
 //! Everything here that touches MLX must run on one thread (the engine thread): MLX arrays
 //! belong to the thread that created them.
 
+mod attention;
 pub mod batch;
 pub mod chat_template;
 pub mod config;
