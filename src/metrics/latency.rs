@@ -60,7 +60,9 @@ pub struct LatencySummary {
 /// copying the hdrhistogram (about 94 KB).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesSnapshot {
-    /// Cumulative `(upper bound, count)` pairs ending with `+Inf`, as Prometheus wants.
+    /// `(upper bound, observations in this bucket alone)` pairs ending with `+Inf`: what
+    /// `prometheus_client`'s `encode_histogram` takes. It writes the cumulative `le`
+    /// counts itself, so counts summed here would be summed twice.
     pub buckets: Vec<(f64, u64)>,
     pub sum_seconds: f64,
     pub summary: LatencySummary,
@@ -108,23 +110,18 @@ impl LatencySeries {
     /// What a scrape reports of this series.
     pub fn snapshot(&self) -> SeriesSnapshot {
         SeriesSnapshot {
-            buckets: self.cumulative_buckets(),
+            buckets: self.bucket_counts(),
             sum_seconds: self.sum_seconds,
             summary: self.summary(),
         }
     }
 
-    fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
+    fn bucket_counts(&self) -> Vec<(f64, u64)> {
         self.bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(&self.counts)
-            .map(|(bound, &count)| {
-                total += count;
-                (bound, total)
-            })
+            .zip(self.counts.iter().copied())
             .collect()
     }
 
@@ -161,15 +158,15 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_cumulative_and_end_at_infinity() {
+    fn each_observation_lands_in_one_bucket_and_the_last_is_infinity() {
         let mut series = LatencySeries::new(&[0.01, 0.1]);
         for latency in [ms(5), ms(10), ms(50), ms(2000)] {
             series.record(latency);
         }
         // 10 ms is on the 0.01 bound: `le` includes it.
         assert_eq!(
-            series.cumulative_buckets(),
-            vec![(0.01, 2), (0.1, 3), (f64::INFINITY, 4)]
+            series.bucket_counts(),
+            vec![(0.01, 2), (0.1, 1), (f64::INFINITY, 1)]
         );
         assert_eq!(series.count(), 4);
         assert!((series.snapshot().sum_seconds - 2.065).abs() < 1e-9);
@@ -202,9 +199,6 @@ mod tests {
         series.record(Duration::from_secs(10 * 3600));
         assert_eq!(series.count(), 1);
         assert!(series.quantile(0.99) <= 3600.0);
-        assert_eq!(
-            series.cumulative_buckets().last(),
-            Some(&(f64::INFINITY, 1))
-        );
+        assert_eq!(series.bucket_counts().last(), Some(&(f64::INFINITY, 1)));
     }
 }

@@ -16,9 +16,12 @@ pub struct Sample {
 }
 
 /// Every sample of an exposition. Panics on a line that is not valid text format, on a
-/// sample without a preceding `# TYPE` for its family, and on a duplicate series.
+/// sample without a preceding `# TYPE` for its family, on a duplicate series, and on a
+/// histogram whose buckets are not cumulative up to its `_count` (promtool checks none of
+/// that).
 pub fn parse(text: &str) -> Vec<Sample> {
     let mut typed: Vec<String> = Vec::new();
+    let mut histograms: Vec<String> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -28,6 +31,9 @@ pub fn parse(text: &str) -> Vec<Sample> {
                 "unexpected type in {line:?}"
             );
             typed.push(name.to_owned());
+            if kind == "histogram" {
+                histograms.push(name.to_owned());
+            }
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -49,7 +55,49 @@ pub fn parse(text: &str) -> Vec<Sample> {
         );
         samples.push(sample);
     }
+    for family in &histograms {
+        check_histogram(&samples, family);
+    }
     samples
+}
+
+/// Each series of histogram `family`: bucket counts never fall as `le` grows, and the
+/// `+Inf` bucket equals `_count`.
+fn check_histogram(samples: &[Sample], family: &str) {
+    let bucket_name = format!("{family}_bucket");
+    let count_name = format!("{family}_count");
+    for count in samples.iter().filter(|s| s.name == count_name) {
+        let mut buckets: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.name == bucket_name)
+            .filter_map(|s| {
+                let mut labels = s.labels.clone();
+                let le = labels.remove("le").expect("a bucket has `le`");
+                (labels == count.labels).then(|| (parse_bound(&le), s.value))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{family} {:?}: buckets fall as `le` grows: {buckets:?}",
+            count.labels
+        );
+        assert_eq!(
+            buckets.last(),
+            Some(&(f64::INFINITY, count.value)),
+            "{family} {:?}: the +Inf bucket must equal _count",
+            count.labels
+        );
+    }
+}
+
+fn parse_bound(le: &str) -> f64 {
+    match le {
+        "+Inf" => f64::INFINITY,
+        bound => bound
+            .parse()
+            .unwrap_or_else(|_| panic!("bad `le` {bound:?}")),
+    }
 }
 
 fn parse_sample(line: &str) -> Sample {
