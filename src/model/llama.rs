@@ -246,6 +246,7 @@ impl LlamaModel {
             self.config.context_length,
             self.config.vocab_size,
         )?;
+        cache.populate_before_writes(&plan.slots);
         let logits = self.forward_lazy(&plan, cache)?;
         let build = started.elapsed();
         let mut outputs = cache.arrays();

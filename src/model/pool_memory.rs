@@ -32,6 +32,36 @@ pub fn zeroed_on_demand(shape: &[i32], dtype: Dtype) -> Result<Array, Exception>
     Ok(array)
 }
 
+/// Makes the pages under `ranges` (`(address, bytes)` inside arrays made by
+/// [`zeroed_on_demand`]) resident, with one `madvise(MADV_POPULATE_WRITE)` per range
+/// instead of one page fault per page at the first write. Contents never change: the
+/// kernel maps zero-filled pages where none were and leaves resident ones alone, so a
+/// range may include neighbouring bytes of the same buffer. A failure (a kernel before
+/// 5.14) only leaves the faults to the write. Does nothing elsewhere than on Linux.
+pub fn populate(ranges: &[(usize, usize)]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf only reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        for &(start, len) in ranges {
+            // madvise wants a page-aligned start: the range widens to whole pages.
+            let first = start / page * page;
+            let end = (start + len).next_multiple_of(page);
+            // SAFETY: MADV_POPULATE_WRITE faults pages in as if written, without writing:
+            // no memory contents change, and the pages lie in a live MLX buffer.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    end - first,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = ranges;
+}
+
 /// Hands the whole pages of `array`'s buffer back to the kernel. Only for an evaluated
 /// array that holds nothing but zeros and that nothing else shares: its contents read the
 /// same afterwards.
