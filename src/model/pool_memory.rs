@@ -16,6 +16,10 @@
 //! would be simpler, but MLX's CPU allocator copies external data into its own buffer,
 //! which writes every page.)
 //!
+//! Pages are made resident again block by block, just before a step first writes there
+//! ([`populate`], called by `PagedKvCache::populate_before_writes`): one call per range
+//! costs far less than a page fault per page in the middle of a step.
+//!
 //! Elsewhere the zeros stay resident: the pool is plain `zeros`.
 
 use mlx_rs::error::Exception;
