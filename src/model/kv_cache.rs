@@ -166,8 +166,9 @@ impl PagedKvCache {
     /// Makes the memory of every block that `slots` (a step's write slots) fall in
     /// resident before the step writes there, once per block for the pool's lifetime, and
     /// returns how many blocks that took. The pool's pages start released
-    /// ([`zeroed_on_demand`]), so a block's first write would fault in one page per KV
-    /// head, layer, keys and values (180 for the default model) in the middle of a step;
+    /// ([`zeroed_on_demand`]), so a block's first write would fault in its pages (for the
+    /// default model about one per KV head, layer, keys and values: 180) in the middle of a
+    /// step;
     /// measured on this project's Linux machine, 8 decoders crossing into new blocks made
     /// that step about 30 ms slower, where populating the same pages beforehand took 3–4
     /// ms (docs/performance.md, item 10). Reads only the pool's buffer addresses; the
@@ -181,7 +182,10 @@ impl PagedKvCache {
             .collect();
         fresh.sort_unstable();
         fresh.dedup();
-        if fresh.is_empty() {
+        // A step that failed after its writes were built leaves the pool unevaluated (no
+        // buffer yet); evaluating it is a no-op otherwise. If even that fails, the writes
+        // fault their pages in as before.
+        if fresh.is_empty() || mlx_rs::transforms::eval(self.arrays()).is_err() {
             return 0;
         }
         let element = dtype_bytes(self.dtype);
@@ -191,9 +195,12 @@ impl PagedKvCache {
         let mut ranges = Vec::with_capacity(fresh.len() * self.layers.len() * 2);
         for layer in &self.layers {
             for array in [&layer.keys, &layer.values] {
-                // SAFETY: reads the buffer address of an evaluated array (the pool is
-                // evaluated after every step); nothing is dereferenced here.
+                // SAFETY: reads the buffer address of an array evaluated just above;
+                // nothing is dereferenced here.
                 let base = unsafe { mlx_sys::mlx_array_data_uint8(array.as_ptr()) } as usize;
+                if base == 0 {
+                    continue;
+                }
                 for &block in &fresh {
                     for head in 0..self.kv_heads as usize {
                         let slot = head * slots_per_head + block * block_size;
@@ -512,5 +519,21 @@ mod tests {
                 .iter()
                 .all(|b| b.keys.iter().chain(&b.values).all(|&x| x == 0))
         );
+    }
+
+    #[test]
+    fn a_pool_left_unevaluated_by_a_failed_step_is_evaluated_before_populating() {
+        let config = KvCacheConfig {
+            block_size: 16,
+            num_blocks: 64,
+        };
+        let mut cache = PagedKvCache::new(config, &model(64), Dtype::Float32).unwrap();
+        // A write built but never evaluated, as when a step fails after its writes.
+        let ones = Array::from_slice(&[1.0f32; 128], &[1, 2, 64]);
+        let slot = Array::from_slice(&[5i32], &[1]);
+        cache.write(0, &slot, &ones, &ones).unwrap();
+        assert_eq!(cache.populate_before_writes(&[800]), 1);
+        let block = &cache.read_blocks(&[0]).unwrap()[0];
+        assert!(block.keys.iter().any(|&byte| byte != 0));
     }
 }

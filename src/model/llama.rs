@@ -439,6 +439,8 @@ mod tests {
         }
         let extremes = Array::from_slice(&[-200.0f32, 0.0, 200.0], &[3]);
         let got = compiled((&extremes, &Array::from_f32(1.0))).unwrap();
-        assert_eq!(got.as_slice::<f32>(), &[-0.0, 0.0, 200.0]);
+        let bits: Vec<u32> = got.as_slice::<f32>().iter().map(|x| x.to_bits()).collect();
+        let expected: Vec<u32> = [-0.0f32, 0.0, 200.0].iter().map(|x| x.to_bits()).collect();
+        assert_eq!(bits, expected, "{:?}", got.as_slice::<f32>());
     }
 }

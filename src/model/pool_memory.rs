@@ -39,9 +39,11 @@ pub fn zeroed_on_demand(shape: &[i32], dtype: Dtype) -> Result<Array, Exception>
 /// Makes the pages under `ranges` (`(address, bytes)` inside arrays made by
 /// [`zeroed_on_demand`]) resident, with one `madvise(MADV_POPULATE_WRITE)` per range
 /// instead of one page fault per page at the first write. Contents never change: the
-/// kernel maps zero-filled pages where none were and leaves resident ones alone, so a
-/// range may include neighbouring bytes of the same buffer. A failure (a kernel before
-/// 5.14) only leaves the faults to the write. Does nothing elsewhere than on Linux.
+/// kernel maps zero-filled pages where none were and leaves resident ones alone. Each
+/// range is widened to whole pages, so at a buffer's edges it may reach into the
+/// neighbouring bytes of the same mapping (malloc's bookkeeping), which is harmless for
+/// the same reason. A failure (a kernel before 5.14) only leaves the faults to the write.
+/// Does nothing elsewhere than on Linux.
 pub fn populate(ranges: &[(usize, usize)]) {
     #[cfg(target_os = "linux")]
     {
@@ -52,7 +54,9 @@ pub fn populate(ranges: &[(usize, usize)]) {
             let first = start / page * page;
             let end = (start + len).next_multiple_of(page);
             // SAFETY: MADV_POPULATE_WRITE faults pages in as if written, without writing:
-            // no memory contents change, and the pages lie in a live MLX buffer.
+            // no memory contents change. The pages overlap a live MLX buffer; a page only
+            // partly inside it is still mapped memory, and unmapped ones make the call
+            // fail without effect.
             unsafe {
                 libc::madvise(
                     first as *mut libc::c_void,
