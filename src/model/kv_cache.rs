@@ -168,11 +168,9 @@ impl PagedKvCache {
     /// returns how many blocks that took. The pool's pages start released
     /// ([`zeroed_on_demand`]), so a block's first write would fault in its pages (for the
     /// default model about one per KV head, layer, keys and values: 180) in the middle of a
-    /// step;
-    /// measured on this project's Linux machine, 8 decoders crossing into new blocks made
-    /// that step about 30 ms slower, where populating the same pages beforehand took 3–4
-    /// ms (docs/performance.md, item 10). Reads only the pool's buffer addresses; the
-    /// contents stay zeros.
+    /// step. Measured on this project's Linux machine, 8 decoders crossing into new blocks
+    /// made that step about 30 ms slower, where populating the same pages beforehand took
+    /// 3–4 ms (docs/performance.md, item 10). The contents stay as they are.
     pub fn populate_before_writes(&mut self, slots: &[i32]) -> usize {
         let block_size = self.config.block_size;
         let mut fresh: Vec<usize> = slots
@@ -188,28 +186,24 @@ impl PagedKvCache {
         if fresh.is_empty() || mlx_rs::transforms::eval(self.arrays()).is_err() {
             return 0;
         }
+        // Every layer's keys and values share one geometry, so one list of byte ranges
+        // (each fresh block of each KV head) serves them all.
         let element = dtype_bytes(self.dtype);
         let slots_per_head = self.config.num_blocks * block_size;
         let head_dim = self.head_dim as usize;
         let len = block_size * head_dim * element;
-        let mut ranges = Vec::with_capacity(fresh.len() * self.layers.len() * 2);
-        for layer in &self.layers {
-            for array in [&layer.keys, &layer.values] {
-                // SAFETY: reads the buffer address of an array evaluated just above;
-                // nothing is dereferenced here.
-                let base = unsafe { mlx_sys::mlx_array_data_uint8(array.as_ptr()) } as usize;
-                if base == 0 {
-                    continue;
-                }
-                for &block in &fresh {
-                    for head in 0..self.kv_heads as usize {
-                        let slot = head * slots_per_head + block * block_size;
-                        ranges.push((base + slot * head_dim * element, len));
-                    }
-                }
-            }
+        let ranges: Vec<(usize, usize)> = fresh
+            .iter()
+            .flat_map(|&block| {
+                (0..self.kv_heads as usize).map(move |head| {
+                    let slot = head * slots_per_head + block * block_size;
+                    (slot * head_dim * element, len)
+                })
+            })
+            .collect();
+        for array in self.arrays() {
+            populate(array, &ranges);
         }
-        populate(&ranges);
         for &block in &fresh {
             self.populated[block] = true;
         }
@@ -457,6 +451,7 @@ impl PagedKvCache {
 mod tests {
     use super::*;
     use crate::model::config::Architecture;
+    use crate::model::pool_memory::{buffer_address, page_size};
 
     fn model(head_dim: usize) -> ModelConfig {
         ModelConfig {
@@ -481,8 +476,7 @@ mod tests {
 
     /// Whether each page of `[start, start + len)` is resident, from `mincore`.
     fn resident(start: usize, len: usize) -> Vec<bool> {
-        // SAFETY: sysconf only reads a constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let page = page_size();
         let (first, end) = (start / page * page, (start + len).next_multiple_of(page));
         let mut flags = vec![0u8; (end - first) / page];
         // SAFETY: `flags` has one byte per page of the range, which lies in a live buffer.
@@ -492,17 +486,21 @@ mod tests {
         flags.iter().map(|flag| flag & 1 == 1).collect()
     }
 
-    #[test]
-    fn blocks_are_populated_once_before_their_first_write_and_still_read_zeros() {
-        // One block of one head is 16 × 64 f32 = 4 KiB: a page per block, head and layer.
+    /// 64 blocks of 16 tokens, 2 layers, 2 KV heads of 64 f32: one block of one head is
+    /// 16 × 64 × 4 bytes = 4 KiB, a page per block, head and layer.
+    fn pool() -> PagedKvCache {
         let config = KvCacheConfig {
             block_size: 16,
             num_blocks: 64,
         };
-        let mut cache = PagedKvCache::new(config, &model(64), Dtype::Float32).unwrap();
-        // SAFETY: the address of an evaluated array's buffer; only mincore reads it.
-        let keys = unsafe { mlx_sys::mlx_array_data_uint8(cache.layers[1].keys.as_ptr()) };
-        let page_of_block = |block: usize| keys as usize + block * 4096 + 2048;
+        PagedKvCache::new(config, &model(64), Dtype::Float32).unwrap()
+    }
+
+    #[test]
+    fn blocks_are_populated_once_before_their_first_write_and_still_read_zeros() {
+        let mut cache = pool();
+        let keys = buffer_address(&cache.layers[1].keys).unwrap();
+        let page_of_block = |block: usize| keys + block * 4096 + 2048;
         assert_eq!(resident(page_of_block(40), 1), [false]);
 
         // Slots 640..=642 and 700 lie in blocks 40 and 43.
@@ -523,11 +521,7 @@ mod tests {
 
     #[test]
     fn a_pool_left_unevaluated_by_a_failed_step_is_evaluated_before_populating() {
-        let config = KvCacheConfig {
-            block_size: 16,
-            num_blocks: 64,
-        };
-        let mut cache = PagedKvCache::new(config, &model(64), Dtype::Float32).unwrap();
+        let mut cache = pool();
         // A write built but never evaluated, as when a step fails after its writes.
         let ones = Array::from_slice(&[1.0f32; 128], &[1, 2, 64]);
         let slot = Array::from_slice(&[5i32], &[1]);

@@ -36,23 +36,25 @@ pub fn zeroed_on_demand(shape: &[i32], dtype: Dtype) -> Result<Array, Exception>
     Ok(array)
 }
 
-/// Makes the pages under `ranges` (`(address, bytes)` inside arrays made by
-/// [`zeroed_on_demand`]) resident, with one `madvise(MADV_POPULATE_WRITE)` per range
-/// instead of one page fault per page at the first write. Contents never change: the
-/// kernel maps zero-filled pages where none were and leaves resident ones alone. Each
-/// range is widened to whole pages, so at a buffer's edges it may reach into the
-/// neighbouring bytes of the same mapping (malloc's bookkeeping), which is harmless for
-/// the same reason. A failure (a kernel before 5.14) only leaves the faults to the write.
-/// Does nothing elsewhere than on Linux.
-pub fn populate(ranges: &[(usize, usize)]) {
+/// Makes the pages under `ranges` of `array`'s buffer (`(offset, bytes)` pairs, for an
+/// evaluated array made by [`zeroed_on_demand`]) resident, with one
+/// `madvise(MADV_POPULATE_WRITE)` per range instead of one page fault per page at the
+/// first write. Contents never change: the kernel maps zero-filled pages where none were
+/// and leaves resident ones alone. Each range is widened to whole pages, so at the
+/// buffer's edges it may reach into the neighbouring bytes of the same mapping (malloc's
+/// bookkeeping), which is harmless for the same reason. A failure (a kernel before 5.14)
+/// only leaves the faults to the write. Does nothing elsewhere than on Linux.
+pub fn populate(array: &Array, ranges: &[(usize, usize)]) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf only reads a constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        for &(start, len) in ranges {
+        let Some(base) = buffer_address(array) else {
+            return;
+        };
+        let page = page_size();
+        for &(offset, len) in ranges {
             // madvise wants a page-aligned start: the range widens to whole pages.
-            let first = start / page * page;
-            let end = (start + len).next_multiple_of(page);
+            let first = (base + offset) / page * page;
+            let end = (base + offset + len).next_multiple_of(page);
             // SAFETY: MADV_POPULATE_WRITE faults pages in as if written, without writing:
             // no memory contents change. The pages overlap a live MLX buffer; a page only
             // partly inside it is still mapped memory, and unmapped ones make the call
@@ -67,7 +69,21 @@ pub fn populate(ranges: &[(usize, usize)]) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = ranges;
+    let _ = (array, ranges);
+}
+
+/// The address of an evaluated array's buffer; `None` when it has none.
+#[cfg(target_os = "linux")]
+pub(super) fn buffer_address(array: &Array) -> Option<usize> {
+    // SAFETY: reads the buffer's address of an evaluated array; nothing is dereferenced.
+    let address = unsafe { mlx_sys::mlx_array_data_uint8(array.as_ptr()) } as usize;
+    (address != 0).then_some(address)
+}
+
+#[cfg(target_os = "linux")]
+pub(super) fn page_size() -> usize {
+    // SAFETY: sysconf only reads a constant.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 /// Hands the whole pages of `array`'s buffer back to the kernel. Only for an evaluated
@@ -75,14 +91,11 @@ pub fn populate(ranges: &[(usize, usize)]) {
 /// same afterwards.
 #[cfg(target_os = "linux")]
 fn release_pages(array: &Array) {
-    // SAFETY: reads the buffer's address of an evaluated array; nothing is dereferenced.
-    let start = unsafe { mlx_sys::mlx_array_data_uint8(array.as_ptr()) } as usize;
     let len = array.nbytes();
-    if start == 0 || len == 0 {
+    let Some(start) = buffer_address(array).filter(|_| len > 0) else {
         return;
-    }
-    // SAFETY: sysconf only reads a constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    };
+    let page = page_size();
     // Only the pages wholly inside the buffer: the allocator's bookkeeping may share the
     // first and last ones.
     let first = start.next_multiple_of(page);
