@@ -15,6 +15,7 @@
 
 use std::env;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,6 +47,7 @@ fn main() {
     println!("cargo::rerun-if-env-changed=MLX_PREFIX");
     println!("cargo::rerun-if-env-changed=MLX_C_SRC_DIR");
     println!("cargo::rerun-if-env-changed=PYTHON");
+    println!("cargo::rerun-if-env-changed=MACOSX_DEPLOYMENT_TARGET");
 
     let target_vendor = env::var("CARGO_CFG_TARGET_VENDOR").unwrap_or_default();
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -62,6 +64,9 @@ fn main() {
     );
     check_version(&mlx);
     check_backend(&mlx);
+    if apple {
+        check_deployment_target(&mlx);
+    }
 
     let mlx_c = find_mlx_c_sources(&out_dir);
     // half types and <format> are only missing off aarch64 / with older libstdc++.
@@ -73,6 +78,11 @@ fn main() {
     println!("cargo::rustc-link-lib=static=mlxc");
     println!("cargo::rustc-link-search=native={}", mlx.libdir.display());
     println!("cargo::rustc-link-lib=dylib=mlx");
+    // This crate's own test binary (bindgen's layout tests) links libmlx too, and rpath set
+    // here reaches only this package's binaries: Apple's linker records every `-l` dylib
+    // (there is no `--as-needed`), so without it dyld would abort that binary on macOS.
+    // Dependents' binaries get theirs from the main package's build.rs.
+    println!("cargo::rustc-link-arg=-Wl,-rpath,{}", mlx.libdir.display());
     // libmlx is built against libstdc++ (new string ABI) on Linux and libc++ on Apple.
     println!(
         "cargo::rustc-link-lib=dylib={}",
@@ -86,7 +96,7 @@ fn main() {
     let (major, minor, patch) = MLX_VERSION;
     println!("cargo::metadata=version={major}.{minor}.{patch}");
 
-    generate_bindings(&mlx_c, &out_dir, &manifest_dir, needs_compat);
+    generate_bindings(&mlx_c, &out_dir, &manifest_dir, needs_compat, apple);
 }
 
 /// MLX_PREFIX wins; otherwise ask Python where its `mlx` package lives.
@@ -181,6 +191,89 @@ fn check_backend(mlx: &Mlx) {
             version_string()
         ));
     }
+}
+
+/// The macOS rustc and the C++ compiler build for when `MACOSX_DEPLOYMENT_TARGET` is unset.
+const DEFAULT_MACOS_TARGET: (u32, u32) = (11, 0);
+
+/// Refuses a deployment target below the one libmlx.dylib declares (14.0 for the 0.32.2
+/// wheels). Linking against a newer dylib only warns, and the binary would then fail to load
+/// on the older macOS it claims to support; mlx-c itself needs macOS 13.3's libc++ for
+/// `std::format`. The workspace's `.cargo/config.toml` sets 14.0.
+fn check_deployment_target(mlx: &Mlx) {
+    let requested = match env::var("MACOSX_DEPLOYMENT_TARGET") {
+        Ok(value) => parse_macos_version(&value).unwrap_or_else(|| {
+            fail(format!(
+                "MACOSX_DEPLOYMENT_TARGET={value} is not a macOS version such as 14.0"
+            ))
+        }),
+        Err(_) => DEFAULT_MACOS_TARGET,
+    };
+    // The header and load commands come first; a few KiB in practice.
+    let mut bytes = Vec::new();
+    fs::File::open(&mlx.library)
+        .and_then(|file| file.take(1 << 20).read_to_end(&mut bytes))
+        .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", mlx.library.display())));
+    let Some(required) = macho_min_macos(&bytes) else {
+        fail(format!(
+            "{} is not a 64-bit Mach-O library with a minimum macOS version; is it the \
+             mlx-metal=={} wheel's?\n{SETUP_HINT}",
+            mlx.library.display(),
+            version_string()
+        ));
+    };
+    if requested < required {
+        let (major, minor) = requested;
+        let (need_major, need_minor) = required;
+        fail(format!(
+            "building for macOS {major}.{minor}, but {} needs macOS {need_major}.{need_minor}: \
+             set MACOSX_DEPLOYMENT_TARGET={need_major}.{need_minor} (the repository's \
+             .cargo/config.toml does, unless the environment overrides it)",
+            mlx.library.display()
+        ));
+    }
+}
+
+fn parse_macos_version(value: &str) -> Option<(u32, u32)> {
+    let mut parts = value.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |minor| minor.parse().ok())?;
+    Some((major, minor))
+}
+
+/// The minimum macOS of a 64-bit little-endian Mach-O image: `LC_BUILD_VERSION`'s `minos`
+/// (current linkers), else `LC_VERSION_MIN_MACOSX`'s `version` (older ones). Both encode
+/// the version as `xxxx.yy.zz` nibbles in one u32.
+fn macho_min_macos(bytes: &[u8]) -> Option<(u32, u32)> {
+    const MH_MAGIC_64: u32 = 0xfeed_facf;
+    const LC_VERSION_MIN_MACOSX: u32 = 0x24;
+    const LC_BUILD_VERSION: u32 = 0x32;
+    const PLATFORM_MACOS: u32 = 1;
+    let word = |at: usize| -> Option<u32> {
+        let field = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(field.try_into().ok()?))
+    };
+    if word(0)? != MH_MAGIC_64 {
+        return None;
+    }
+    let commands = word(16)?;
+    let mut at = 32; // sizeof(mach_header_64)
+    for _ in 0..commands {
+        let (cmd, size) = (word(at)?, word(at + 4)? as usize);
+        let version = match cmd {
+            LC_BUILD_VERSION if word(at + 8)? == PLATFORM_MACOS => Some(word(at + 12)?),
+            LC_VERSION_MIN_MACOSX => Some(word(at + 8)?),
+            _ => None,
+        };
+        if let Some(version) = version {
+            return Some((version >> 16, (version >> 8) & 0xff));
+        }
+        if size < 8 {
+            return None;
+        }
+        at = at.checked_add(size)?;
+    }
+    None
 }
 
 fn is_mlx_c_root(dir: &Path) -> bool {
@@ -328,7 +421,13 @@ fn build_mlx_c(
     dst.join("build")
 }
 
-fn generate_bindings(mlx_c: &Path, out_dir: &Path, manifest_dir: &Path, needs_compat: bool) {
+fn generate_bindings(
+    mlx_c: &Path,
+    out_dir: &Path,
+    manifest_dir: &Path,
+    needs_compat: bool,
+    apple: bool,
+) {
     let header_dir = mlx_c.join("mlx/c");
     let mut headers: Vec<PathBuf> = fs::read_dir(&header_dir)
         .unwrap_or_else(|e| fail(format!("cannot list {}: {e}", header_dir.display())))
@@ -358,9 +457,14 @@ fn generate_bindings(mlx_c: &Path, out_dir: &Path, manifest_dir: &Path, needs_co
         builder = builder.header(header.to_string_lossy());
     }
     let bindings = builder.generate().unwrap_or_else(|e| {
+        let libclang = if apple {
+            "it comes with the Xcode command line tools (xcode-select --install); if it is \
+             still not found, set LIBCLANG_PATH=\"$(xcode-select -p)/usr/lib\""
+        } else {
+            "install libclang-dev (apt-get install libclang-dev), or run `make setup`"
+        };
         fail(format!(
-            "bindgen failed on the mlx-c headers in {}: {e} (bindgen needs libclang: install \
-             libclang-dev, or run `make setup`)",
+            "bindgen failed on the mlx-c headers in {}: {e} (bindgen needs libclang: {libclang})",
             header_dir.display()
         ))
     });
