@@ -24,6 +24,7 @@ fn engine() -> EngineHandle {
         "{} is missing: run `make setup`",
         path.display()
     );
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     EngineHandle::start(
         move || {
             let options = LoadOptions {

@@ -14,6 +14,7 @@ fn matmul_f32(c: &mut Criterion) {
     // The OpenBLAS kernels the server runs (src/openblas_core.rs); may start the bench again.
     #[cfg(target_os = "linux")]
     mlx_serve::openblas_core::restart_with_kernels_for_this_cpu();
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", RuntimeInfo::detect());
     let mut group = c.benchmark_group("matmul_f32");
     group.sample_size(10);

@@ -89,6 +89,7 @@ fn model_steps(c: &mut Criterion) {
     // The OpenBLAS kernels the server runs (src/openblas_core.rs); may start the bench again.
     #[cfg(target_os = "linux")]
     mlx_serve::openblas_core::restart_with_kernels_for_this_cpu();
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", mlx_serve::runtime::RuntimeInfo::detect());
     let model = load_model();
     let vocab = model.config().vocab_size;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::cache_store::{self, Encoding, StoreConfig};
+use crate::device::DeviceChoice;
 use crate::engine::{EngineConfig, PoolSize, StorePolicy};
-use crate::model::weights::WeightMode;
+use crate::model::weights::WeightChoice;
 
 /// The model `make run` serves: what `make setup` installs.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -45,10 +46,16 @@ pub struct ServeSettings {
     #[arg(long, env = "MLX_SERVE_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
 
-    /// How weights are held: `auto` (f32 on CPU, quantized on GPU), `f32`, `f16`, `bf16`
-    /// or `quantized`.
+    /// Device MLX computes on: `auto` (the GPU when this MLX build has one), `cpu`, or
+    /// `gpu` (refused at start-up when the build has none). A virtual Mac, such as a hosted
+    /// CI runner, reports a GPU it cannot use: run it with `cpu`.
+    #[arg(long, env = "MLX_SERVE_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+
+    /// How weights are held: `auto` (f32 on the CPU, quantized on a GPU), `f32`, `f16`,
+    /// `bf16` or `quantized` (activations in the checkpoint's 16-bit float type, else bf16).
     #[arg(long, env = "MLX_SERVE_WEIGHTS", default_value = "auto", value_parser = parse_weights)]
-    pub weights: WeightMode,
+    pub weights: WeightChoice,
 
     /// Memory for the KV-cache block pool, in MiB, or `auto`: room for `--max-batch`
     /// sequences at the model's full context, at most a quarter of the machine's memory.
@@ -207,8 +214,8 @@ fn parse_pool_size(value: &str) -> Result<PoolSize, String> {
     }
 }
 
-fn parse_weights(value: &str) -> Result<WeightMode, String> {
-    WeightMode::parse(value)
+fn parse_weights(value: &str) -> Result<WeightChoice, String> {
+    WeightChoice::parse(value)
         .ok_or_else(|| format!("`{value}` is not one of auto, f32, f16, bf16, quantized"))
 }
 
@@ -368,6 +375,7 @@ pub fn parse_args(args: &[&str]) -> Result<ServeSettings, clap::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::weights::WeightMode;
 
     #[test]
     fn defaults_and_validation() {
@@ -477,7 +485,15 @@ mod tests {
         let settings = parse_args(&["--kv-cache-mb", "64"]).unwrap();
         assert_eq!(settings.kv_pool, PoolSize::Bytes(64 << 20));
         let settings = parse_args(&["--weights", "f16"]).unwrap();
-        assert_eq!(settings.weights, WeightMode::F16);
+        assert_eq!(settings.weights, WeightChoice::Fixed(WeightMode::F16));
+        assert_eq!(
+            parse_args(&[]).unwrap().weights,
+            WeightChoice::Auto,
+            "auto is resolved at load time, after --device took effect"
+        );
         assert!(parse_args(&["--weights", "q3"]).is_err());
+        let settings = parse_args(&["--device", "cpu"]).unwrap();
+        assert_eq!(settings.device, DeviceChoice::Cpu);
+        assert!(parse_args(&["--device", "tpu"]).is_err());
     }
 }

@@ -9,14 +9,15 @@
 //! - `model`: loading, the forward pass over the paged KV cache, tokenizer, chat templates;
 //! - `metrics`: latency histograms and counters recorded by the HTTP layer and the engine,
 //!   rendered for Prometheus and as JSON;
-//! - `config`: the validated settings of `serve`; `runtime`: facts about the MLX
-//!   installation this process runs on.
+//! - `config`: the validated settings of `serve`; `device`: which device MLX computes on;
+//!   `runtime`: facts about the MLX installation this process runs on.
 
 pub mod api;
 pub mod cache_store;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod core_pool;
+pub mod device;
 pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod few_row_gemm;

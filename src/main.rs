@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use mlx_serve::api::state::AppState;
 use mlx_serve::api::{server, shutdown};
 use mlx_serve::config::{LogFormat, ServeSettings};
+use mlx_serve::device::ComputeDevice;
 use mlx_serve::engine::{EngineHandle, priority};
 use mlx_serve::model::ModelError;
 use mlx_serve::model::hub::HubOptions;
@@ -74,6 +75,9 @@ fn init_logging(format: LogFormat) {
 
 fn serve(settings: ServeSettings) -> Result<(), String> {
     settings.validate()?;
+    // Before anything computes: MLX's device is process-wide, and the weight mode, the
+    // attention kernel and the KV pool's dtype are chosen for it.
+    settings.device.apply()?;
     println!("{}", RuntimeInfo::detect());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -144,7 +148,7 @@ fn load_model(settings: &ServeSettings) -> Result<LoadedModel, ModelError> {
     let started = Instant::now();
     let source = ModelSource::parse(&settings.model)?;
     let options = LoadOptions {
-        weights: settings.weights,
+        weights: settings.weights.resolve(ComputeDevice::current()),
         served_name: settings.served_model_name.clone(),
         hub: HubOptions::from_env(),
     };

@@ -52,7 +52,7 @@ pub fn blas_library() -> Option<PathBuf> {
 /// A one-screen description of the runtime: MLX version, default device, BLAS.
 pub struct RuntimeInfo {
     pub mlx_version: String,
-    pub device: String,
+    pub device: crate::device::ComputeDevice,
     /// Where f32 matmuls run (Linux); `None` where the platform decides (Apple).
     pub blas: Option<PathBuf>,
     /// OpenBLAS's kernel set (Linux), e.g. `SkylakeX`; `None` where the platform decides.
@@ -63,7 +63,7 @@ impl RuntimeInfo {
     pub fn detect() -> Self {
         RuntimeInfo {
             mlx_version: mlx_version(),
-            device: mlx_rs::Device::default().to_string(),
+            device: crate::device::ComputeDevice::current(),
             #[cfg(target_os = "linux")]
             blas: blas_library(),
             #[cfg(not(target_os = "linux"))]

@@ -22,6 +22,7 @@ fn mapped_libraries() -> Vec<String> {
 
 #[test]
 fn cblas_sgemm_resolves_to_openblas_ahead_of_the_bundled_reference_blas() {
+    common::use_test_device();
     let mapped = mapped_libraries();
     // The wheel's reference BLAS is loaded (libmlx needs it) ...
     assert!(
@@ -45,6 +46,7 @@ fn cblas_sgemm_resolves_to_openblas_ahead_of_the_bundled_reference_blas() {
 
 #[test]
 fn libmlx_calls_reach_the_executables_own_sgemm_first() {
+    common::use_test_device();
     // SAFETY: dlsym only reads the loader's tables.
     let bound = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cblas_sgemm".as_ptr()) };
     assert_eq!(
@@ -62,6 +64,7 @@ fn libmlx_calls_reach_the_executables_own_sgemm_first() {
 /// rows along the columns, 300 along the rows).
 #[test]
 fn products_of_every_shape_take_their_route_and_equal_a_plain_sum() {
+    common::use_test_device();
     use mlx_rs::Array;
     use mlx_rs::ops::{addmm, matmul};
     use mlx_serve::sgemm_forward::{few_row_products, split_products};
@@ -173,6 +176,7 @@ fn kernels_the_server_reports(coretype: Option<&str>) -> String {
 /// CPU has, whatever OpenBLAS made of the CPU's model number.
 #[test]
 fn the_server_runs_the_openblas_kernels_this_cpu_supports() {
+    common::use_test_device();
     use mlx_serve::openblas_core::{CpuFeatures, better_core};
 
     let kernels = kernels_the_server_reports(None);
@@ -186,5 +190,6 @@ fn the_server_runs_the_openblas_kernels_this_cpu_supports() {
 
 #[test]
 fn a_kernel_set_the_user_chose_is_kept() {
+    common::use_test_device();
     assert_eq!(kernels_the_server_reports(Some("Prescott")), "Prescott");
 }

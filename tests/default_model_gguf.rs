@@ -8,6 +8,7 @@ use mlx_serve::model::gguf;
 
 #[test]
 fn raw_gguf_metadata_and_tensors_load_through_mlx() {
+    common::use_test_device();
     let file = GgufFile::load(common::default_model_path()).expect("load GGUF");
     match file.get_metadata("general.architecture").expect("metadata") {
         Some(GgufMetadataValue::String(arch)) => assert_eq!(arch, "llama"),
@@ -45,6 +46,7 @@ fn raw_gguf_metadata_and_tensors_load_through_mlx() {
 
 #[test]
 fn model_config_matches_the_published_architecture() {
+    common::use_test_device();
     let path = common::default_model_path();
     let file = GgufFile::load(&path).expect("load GGUF");
     let config = gguf::model_config(&file, &path).expect("config");

@@ -446,6 +446,7 @@ fn dequantized(
 
 #[test]
 fn every_type_round_trips_through_mlx() {
+    common::use_test_device();
     let scratch = ScratchDir::new("gguf-types-roundtrip");
     let (rows, cols) = (6, 96);
     let mut writer = GgufWriter::default();
@@ -947,6 +948,7 @@ fn check_tensor_map(path: &Path, weights: &[Weight]) {
 
 #[test]
 fn mixed_type_gguf_equals_its_dense_folder() {
+    common::use_test_device();
     let scratch = ScratchDir::new("gguf-types-mixed");
     let weights = tiny_llama(None);
     let covered: std::collections::BTreeSet<u32> = weights.iter().map(|w| w.ty.id()).collect();
@@ -1039,6 +1041,7 @@ fn mixed_type_gguf_equals_its_dense_folder() {
 
 #[test]
 fn wrong_attn_q_rows_are_shape_errors() {
+    common::use_test_device();
     let scratch = ScratchDir::new("gguf-types-wrong-rows");
     // 48 rows split evenly over the heads' RoPE halves, 36 do not; Q4_0 and Q4_1 rows.
     for (layer, rows) in [(0, 48), (0, 36), (1, 36)] {

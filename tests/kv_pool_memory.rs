@@ -44,6 +44,7 @@ fn smollm2() -> ModelConfig {
 
 #[test]
 fn the_pool_becomes_resident_only_where_blocks_are_written() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     const MIB: usize = 1 << 20;
     let model = smollm2();
     let config = KvCacheConfig::from_budget(256 * MIB, 16, &model, Dtype::Float32).unwrap();

@@ -51,6 +51,7 @@ fn reference_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f
 
 #[test]
 fn matmul_matches_plain_loops() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     // Odd sizes on purpose: no kernel gets to assume aligned tiles.
     let (m, k, n) = (37, 53, 29);
     let a = values(1, m * k);
@@ -71,6 +72,7 @@ fn matmul_matches_plain_loops() {
 
 #[test]
 fn large_matmul_through_blas_matches_plain_loops() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     // Big enough that MLX hands it to BLAS (OpenBLAS on Linux); spot-check rows.
     let n = 256;
     let a = values(3, n * n);
@@ -90,6 +92,7 @@ fn large_matmul_through_blas_matches_plain_loops() {
 
 #[test]
 fn causal_gqa_attention_matches_plain_softmax() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     // 4 query heads share 2 KV heads (grouped-query attention), causal over 6 positions.
     let (heads, kv_heads, len, dim) = (4usize, 2usize, 6usize, 16usize);
     let q = values(5, heads * len * dim);
@@ -136,6 +139,7 @@ fn causal_gqa_attention_matches_plain_softmax() {
 
 #[test]
 fn rms_norm_matches_definition() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     let (rows, dim) = (3, 24);
     let x = values(8, rows * dim);
     let weight = values(9, dim);
@@ -157,6 +161,7 @@ fn rms_norm_matches_definition() {
 
 #[test]
 fn quantized_matmul_matches_unpacked_weights() {
+    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
     let (out_features, in_features, batch) = (48usize, 128usize, 3usize);
     let (group, bits) = (64usize, 4usize);
     let w = values(10, out_features * in_features);

@@ -206,7 +206,7 @@ impl Worker {
         let loaded = load()?;
         register_exit_hook();
         let model_config = loaded.model.config().clone();
-        let dtype = loaded.model.mode().compute_dtype();
+        let dtype = loaded.model.compute_dtype();
         let budget = config
             .kv_pool
             .budget(

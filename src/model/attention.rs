@@ -14,11 +14,13 @@
 use std::cell::RefCell;
 use std::f32::consts::LOG2_E;
 
+use mlx_rs::Array;
 use mlx_rs::error::Exception;
 use mlx_rs::fast::ScaledDotProductAttentionMask;
 use mlx_rs::ops::{le, matmul, max_axis, multiply, power, select, subtract, sum_axis};
 use mlx_rs::transforms::compile::compile;
-use mlx_rs::{Array, Device};
+
+use crate::device::ComputeDevice;
 
 /// Which keys each query may see.
 #[derive(Clone, Copy)]
@@ -47,9 +49,9 @@ pub(super) struct AttentionKernel {
 }
 
 impl AttentionKernel {
-    /// The fused kernel where the default device is a GPU, the written-out form on a CPU.
-    pub(super) fn for_default_device(scale: f32) -> Self {
-        Self::new(Device::default().to_string().contains("gpu"), scale)
+    /// The fused kernel where MLX computes on a GPU, the written-out form on the CPU.
+    pub(super) fn for_current_device(scale: f32) -> Self {
+        Self::new(ComputeDevice::current() == ComputeDevice::Gpu, scale)
     }
 
     fn new(fused: bool, scale: f32) -> Self {
@@ -152,6 +154,7 @@ mod tests {
 
     #[test]
     fn a_prompt_chunk_after_cached_keys_sees_only_its_past() {
+        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         // 6 query heads sharing 2 KV heads; 5 new tokens after 4 cached ones.
         let queries = random(&[1, 6, 5, 8], 2.0);
         let (keys, values) = (random(&[1, 2, 9, 8], 2.0), random(&[1, 2, 9, 8], 1.0));
@@ -166,6 +169,7 @@ mod tests {
 
     #[test]
     fn padded_decode_batches_ignore_their_padding() {
+        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         let queries = random(&[3, 6, 1, 8], 2.0);
         let (keys, values) = (random(&[3, 2, 7, 8], 2.0), random(&[3, 2, 7, 8], 1.0));
         let lengths = [7, 3, 1];
@@ -180,6 +184,7 @@ mod tests {
 
     #[test]
     fn one_token_over_all_its_keys_and_extreme_scores_stay_finite() {
+        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         let (keys, values) = (random(&[1, 2, 5, 8], 2.0), random(&[1, 2, 5, 8], 1.0));
         let diff = difference(&random(&[1, 6, 1, 8], 2.0), &keys, &values, Mask::All);
         assert!(diff < 1e-5, "{diff}");

@@ -50,6 +50,8 @@ struct DecoderLayer {
 pub struct LlamaModel {
     config: ModelConfig,
     mode: WeightMode,
+    /// Activations, float weights and the KV cache ([`WeightMode::compute_dtype`]).
+    dtype: Dtype,
     embed_tokens: Linear,
     layers: Vec<DecoderLayer>,
     norm: Array,
@@ -76,10 +78,17 @@ impl LlamaModel {
         mode: WeightMode,
     ) -> Result<Self, ModelError> {
         let c = &config;
+        let dtype = mode.compute_dtype(tensors.stored_dtype("model.norm.weight")?);
         let (hidden, heads, kv_heads, head_dim) =
             (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
-        let embed_tokens =
-            tensors.linear("model.embed_tokens", c.vocab_size, hidden, false, mode)?;
+        let embed_tokens = tensors.linear(
+            "model.embed_tokens",
+            c.vocab_size,
+            hidden,
+            false,
+            mode,
+            dtype,
+        )?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -87,13 +96,18 @@ impl LlamaModel {
             let mlp = format!("{p}.mlp");
             let bias = c.attention_bias;
             let layer = DecoderLayer {
-                input_norm: tensors.vector(&format!("{p}.input_layernorm.weight"), hidden, mode)?,
+                input_norm: tensors.vector(
+                    &format!("{p}.input_layernorm.weight"),
+                    hidden,
+                    dtype,
+                )?,
                 q_proj: tensors.linear(
                     &format!("{attn}.q_proj"),
                     heads * head_dim,
                     hidden,
                     bias,
                     mode,
+                    dtype,
                 )?,
                 k_proj: tensors.linear(
                     &format!("{attn}.k_proj"),
@@ -101,6 +115,7 @@ impl LlamaModel {
                     hidden,
                     bias,
                     mode,
+                    dtype,
                 )?,
                 v_proj: tensors.linear(
                     &format!("{attn}.v_proj"),
@@ -108,6 +123,7 @@ impl LlamaModel {
                     hidden,
                     bias,
                     mode,
+                    dtype,
                 )?,
                 o_proj: tensors.linear(
                     &format!("{attn}.o_proj"),
@@ -115,19 +131,20 @@ impl LlamaModel {
                     heads * head_dim,
                     c.output_bias,
                     mode,
+                    dtype,
                 )?,
                 q_norm: c
                     .qk_norm
-                    .then(|| tensors.vector(&format!("{attn}.q_norm.weight"), head_dim, mode))
+                    .then(|| tensors.vector(&format!("{attn}.q_norm.weight"), head_dim, dtype))
                     .transpose()?,
                 k_norm: c
                     .qk_norm
-                    .then(|| tensors.vector(&format!("{attn}.k_norm.weight"), head_dim, mode))
+                    .then(|| tensors.vector(&format!("{attn}.k_norm.weight"), head_dim, dtype))
                     .transpose()?,
                 post_attention_norm: tensors.vector(
                     &format!("{p}.post_attention_layernorm.weight"),
                     hidden,
-                    mode,
+                    dtype,
                 )?,
                 gate_proj: tensors.linear(
                     &format!("{mlp}.gate_proj"),
@@ -135,6 +152,7 @@ impl LlamaModel {
                     hidden,
                     false,
                     mode,
+                    dtype,
                 )?,
                 up_proj: tensors.linear(
                     &format!("{mlp}.up_proj"),
@@ -142,6 +160,7 @@ impl LlamaModel {
                     hidden,
                     false,
                     mode,
+                    dtype,
                 )?,
                 down_proj: tensors.linear(
                     &format!("{mlp}.down_proj"),
@@ -149,17 +168,18 @@ impl LlamaModel {
                     c.intermediate_size,
                     false,
                     mode,
+                    dtype,
                 )?,
             };
             layers.push(layer);
         }
-        let norm = tensors.vector("model.norm.weight", hidden, mode)?;
+        let norm = tensors.vector("model.norm.weight", hidden, dtype)?;
         let lm_head = if c.tie_word_embeddings {
             // Tied means tied, as in transformers and mlx-lm: a stored copy is ignored.
             tensors.discard("lm_head");
             None
         } else {
-            Some(tensors.linear("lm_head", c.vocab_size, hidden, false, mode)?)
+            Some(tensors.linear("lm_head", c.vocab_size, hidden, false, mode, dtype)?)
         };
         // Every stored weight must have been used: a leftover means the config describes
         // another model (e.g. biases it does not mention) and outputs would be wrong.
@@ -171,12 +191,13 @@ impl LlamaModel {
         let model = LlamaModel {
             config,
             mode,
+            dtype,
             embed_tokens,
             layers,
             norm,
             lm_head,
             rope_freqs,
-            attention: AttentionKernel::for_default_device((head_dim as f32).powf(-0.5)),
+            attention: AttentionKernel::for_current_device((head_dim as f32).powf(-0.5)),
             activation: RefCell::new(Box::new(compile(swiglu, true))),
         };
         mlx_rs::transforms::eval(model.arrays())?;
@@ -189,6 +210,11 @@ impl LlamaModel {
 
     pub fn mode(&self) -> WeightMode {
         self.mode
+    }
+
+    /// The dtype of activations, float weights and the KV cache.
+    pub fn compute_dtype(&self) -> Dtype {
+        self.dtype
     }
 
     fn arrays(&self) -> Vec<&Array> {
@@ -418,6 +444,7 @@ mod tests {
 
     #[test]
     fn swiglu_equals_silu_times_up_at_every_magnitude() {
+        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         let mut compiled = compile(swiglu, true);
         // Two shapes through the same compiled function: the shapeless trace is reused.
         for len in [7, 1536] {

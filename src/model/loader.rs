@@ -161,10 +161,11 @@ impl LoadedModel {
             format!("source:         {}", self.tokenizer.source().display()),
             format!("fingerprint:    {}", identity.fingerprint),
             format!(
-                "architecture:   {:?}, {:.1}M parameters, weights as {:?}",
+                "architecture:   {:?}, {:.1}M parameters, weights as {:?}, computing in {:?}",
                 c.architecture,
                 c.parameter_count() as f64 / 1e6,
-                self.model.mode()
+                self.model.mode(),
+                self.model.compute_dtype()
             ),
             format!(
                 "layers:         {} (hidden {}, feed-forward {})",

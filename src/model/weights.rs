@@ -13,13 +13,14 @@ use mlx_rs::ops::{add, dequantize, matmul, quantized_matmul};
 use mlx_rs::{Array, Dtype};
 
 use super::ModelError;
+use crate::device::ComputeDevice;
 
-/// How weights are held in memory, which is also the compute dtype.
+/// How weights are held in memory, and with it the compute dtype.
 ///
 /// On Linux CPU, MLX runs f32 matmuls through BLAS (OpenBLAS here) and everything else
 /// through slow generic loops, so dequantizing to f32 once is by far the fastest path.
 /// On Apple GPUs, quantized kernels are fast and memory is the constraint, so weights stay
-/// quantized with f16 activations.
+/// quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightMode {
     /// Expand everything to f32.
@@ -28,38 +29,67 @@ pub enum WeightMode {
     F16,
     /// Expand everything to bf16.
     Bf16,
-    /// Keep quantized tensors quantized (f16 activations); float tensors become f16.
+    /// Keep quantized tensors quantized; activations and float tensors take the
+    /// checkpoint's 16-bit float type, or bf16 (see [`WeightMode::compute_dtype`]).
     Quantized,
 }
 
 impl WeightMode {
-    /// The default for the device MLX will run on: `Quantized` on a GPU, `F32` on the CPU.
-    pub fn auto() -> Self {
-        if mlx_rs::Device::default().to_string().contains("gpu") {
-            WeightMode::Quantized
-        } else {
-            WeightMode::F32
+    /// What `--weights auto` means on `device`: `Quantized` on a GPU, `F32` on the CPU.
+    pub fn for_device(device: ComputeDevice) -> Self {
+        match device {
+            ComputeDevice::Gpu => WeightMode::Quantized,
+            ComputeDevice::Cpu => WeightMode::F32,
         }
     }
 
-    /// Parses the `--weights` setting (`auto` resolves through [`WeightMode::auto`]).
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "auto" => Some(Self::auto()),
-            "f32" => Some(WeightMode::F32),
-            "f16" => Some(WeightMode::F16),
-            "bf16" => Some(WeightMode::Bf16),
-            "quantized" => Some(WeightMode::Quantized),
-            _ => None,
-        }
-    }
-
-    /// Dtype of activations, float weights and the KV cache.
-    pub fn compute_dtype(self) -> Dtype {
+    /// Dtype of activations, float weights and the KV cache, for a checkpoint whose float
+    /// tensors are stored as `stored` (its norm weights: every checkpoint has them, and
+    /// they keep the training dtype).
+    ///
+    /// `Quantized` computes in `stored` when that is f16 or bf16, and in bf16 otherwise (f32
+    /// checkpoints, and GGUF files, whose norms are always f32). Never f16 by default: f16
+    /// tops out at 65504, and some Qwen2/Qwen3 checkpoints trained in bf16 reach larger
+    /// activations, which overflow to infinity; bf16 has f32's range.
+    pub fn compute_dtype(self, stored: Dtype) -> Dtype {
         match self {
             WeightMode::F32 => Dtype::Float32,
-            WeightMode::F16 | WeightMode::Quantized => Dtype::Float16,
+            WeightMode::F16 => Dtype::Float16,
             WeightMode::Bf16 => Dtype::Bfloat16,
+            WeightMode::Quantized => match stored {
+                Dtype::Float16 | Dtype::Bfloat16 => stored,
+                _ => Dtype::Bfloat16,
+            },
+        }
+    }
+}
+
+/// The `--weights` setting. `Auto` stays unresolved until the model loads, after
+/// `--device` has set MLX's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightChoice {
+    Auto,
+    Fixed(WeightMode),
+}
+
+impl WeightChoice {
+    /// Parses `auto`, `f32`, `f16`, `bf16` or `quantized`.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "auto" => WeightChoice::Auto,
+            "f32" => WeightChoice::Fixed(WeightMode::F32),
+            "f16" => WeightChoice::Fixed(WeightMode::F16),
+            "bf16" => WeightChoice::Fixed(WeightMode::Bf16),
+            "quantized" => WeightChoice::Fixed(WeightMode::Quantized),
+            _ => return None,
+        })
+    }
+
+    /// The mode to load with on `device`.
+    pub fn resolve(self, device: ComputeDevice) -> WeightMode {
+        match self {
+            WeightChoice::Auto => WeightMode::for_device(device),
+            WeightChoice::Fixed(mode) => mode,
         }
     }
 }
@@ -174,22 +204,29 @@ impl TensorMap {
         }
     }
 
-    /// A 1-D float parameter (norm weights, biases) in the compute dtype.
-    pub fn vector(
-        &mut self,
-        name: &str,
-        len: usize,
-        mode: WeightMode,
-    ) -> Result<Array, ModelError> {
+    /// The dtype tensor `name` is stored in (not taken).
+    pub fn stored_dtype(&self, name: &str) -> Result<Dtype, ModelError> {
+        self.tensors
+            .get(name)
+            .map(Array::dtype)
+            .ok_or_else(|| ModelError::MissingTensor {
+                source_name: self.source.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// A 1-D float parameter (norm weights, biases) in the compute dtype `dtype`.
+    pub fn vector(&mut self, name: &str, len: usize, dtype: Dtype) -> Result<Array, ModelError> {
         let tensor = self.take(name)?;
         if tensor.shape() != [len as i32] {
             return Err(self.shape_error(name, &[len as i32], tensor.shape()));
         }
-        Ok(tensor.as_dtype(mode.compute_dtype())?)
+        Ok(tensor.as_dtype(dtype)?)
     }
 
     /// A `[out, in]` projection `prefix.weight` (+ `prefix.bias` when `bias`), quantized or
-    /// dense as stored, then converted according to `mode`.
+    /// dense as stored, then kept quantized or expanded according to `mode`, with its float
+    /// parts in the compute dtype `dtype`.
     pub fn linear(
         &mut self,
         prefix: &str,
@@ -197,10 +234,10 @@ impl TensorMap {
         in_features: usize,
         bias: bool,
         mode: WeightMode,
+        dtype: Dtype,
     ) -> Result<Linear, ModelError> {
         let weight_name = format!("{prefix}.weight");
         let weight = self.take(&weight_name)?;
-        let dtype = mode.compute_dtype();
         let expected = [out_features as i32, in_features as i32];
         let (weight, quant) = match self.quant.get(prefix).copied() {
             None => {
@@ -257,7 +294,7 @@ impl TensorMap {
             }
         };
         let bias = if bias {
-            Some(self.vector(&format!("{prefix}.bias"), out_features, mode)?)
+            Some(self.vector(&format!("{prefix}.bias"), out_features, dtype)?)
         } else {
             None
         };
@@ -328,5 +365,33 @@ impl Linear {
         }
         arrays.extend(self.bias.iter());
         arrays
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The activation rule of docs/model-runtime.md: quantized weights compute in the
+    /// checkpoint's 16-bit float type, else (f32 checkpoints, GGUF's f32 norms) in bf16,
+    /// never f16 by default; the dense modes ignore what is stored.
+    #[test]
+    fn compute_dtypes_follow_the_mode_and_the_checkpoint() {
+        for (stored, quantized) in [
+            (Dtype::Float16, Dtype::Float16),
+            (Dtype::Bfloat16, Dtype::Bfloat16),
+            (Dtype::Float32, Dtype::Bfloat16),
+        ] {
+            assert_eq!(WeightMode::Quantized.compute_dtype(stored), quantized);
+            assert_eq!(WeightMode::F32.compute_dtype(stored), Dtype::Float32);
+            assert_eq!(WeightMode::F16.compute_dtype(stored), Dtype::Float16);
+            assert_eq!(WeightMode::Bf16.compute_dtype(stored), Dtype::Bfloat16);
+        }
+        let auto = WeightChoice::parse("auto").expect("auto");
+        assert_eq!(auto.resolve(ComputeDevice::Gpu), WeightMode::Quantized);
+        assert_eq!(auto.resolve(ComputeDevice::Cpu), WeightMode::F32);
+        let fixed = WeightChoice::parse("bf16").expect("bf16");
+        assert_eq!(fixed.resolve(ComputeDevice::Gpu), WeightMode::Bf16);
+        assert_eq!(WeightChoice::parse("q4"), None);
     }
 }

@@ -36,12 +36,22 @@ pub fn default_model_path() -> PathBuf {
 /// Loads the default model as `serve` would, with f32 weights (for engine and server tests;
 /// call it on the thread that will use the model).
 pub fn load_default_model() -> Result<LoadedModel, ModelError> {
+    use_test_device();
     let options = LoadOptions {
         weights: WeightMode::F32,
         served_name: None,
         hub: HubOptions::default(),
     };
     loader::load(&ModelSource::Gguf(default_model_path()), &options)
+}
+
+/// Puts this test binary on the device `MLX_SERVE_DEVICE` names (`auto` when unset; the
+/// hosted macOS CI job sets `cpu`). MLX's device is process-wide, so every test that computes
+/// calls this before its first MLX operation; the model helpers here do it themselves.
+pub fn use_test_device() {
+    if let Err(message) = mlx_serve::device::apply_from_env() {
+        panic!("{message}");
+    }
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -66,6 +76,7 @@ pub fn with_model<R: Send + 'static>(job: impl FnOnce(&LlamaModel) -> R + Send +
         .get_or_init(|| {
             let (tx, rx) = channel::<Job>();
             std::thread::spawn(move || {
+                use_test_device();
                 let path = default_model_path();
                 let file = GgufFile::load(&path).expect("load default model");
                 let config = gguf::model_config(&file, &path).expect("model config");
