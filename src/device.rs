@@ -14,13 +14,12 @@
 use std::fmt;
 
 use clap::ValueEnum;
-use mlx_rs::{Device, DeviceType};
+use mlx_rs::{Array, Device, DeviceType};
 
 /// The `--device` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceChoice {
     /// MLX's own default: the GPU when this MLX build has one, else the CPU.
-    #[default]
     Auto,
     /// The CPU, even where a GPU exists.
     Cpu,
@@ -53,7 +52,8 @@ impl DeviceChoice {
     }
 
     /// Makes this choice MLX's default device for the whole process and returns what it
-    /// resolved to. Call it before anything computes (a model loads, a kernel is chosen).
+    /// resolved to, after one small operation on it when that is a GPU. Call it before
+    /// anything computes (a model loads, a kernel is chosen).
     pub fn apply(self) -> Result<ComputeDevice, String> {
         match self {
             DeviceChoice::Auto => {}
@@ -71,7 +71,31 @@ impl DeviceChoice {
                 Device::set_default(&Device::gpu());
             }
         }
-        Ok(ComputeDevice::current())
+        let device = ComputeDevice::current();
+        if device == ComputeDevice::Gpu {
+            probe_gpu()?;
+        }
+        Ok(device)
+    }
+}
+
+/// Evaluates one small sum on the GPU. A virtual Mac reports a Metal device whatever it can
+/// run; when even this fails, start-up stops with what to do instead of the first request
+/// failing. Its arrays live and die on the calling thread.
+fn probe_gpu() -> Result<(), String> {
+    let failed = |problem: String| {
+        format!(
+            "the GPU failed a first test operation ({problem}); on a virtual Mac, such as a \
+             hosted CI runner, run with --device cpu (MLX_SERVE_DEVICE=cpu)"
+        )
+    };
+    let total = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3])
+        .sum(None)
+        .map_err(|e| failed(e.to_string()))?;
+    total.eval().map_err(|e| failed(e.to_string()))?;
+    match total.as_slice::<f32>() {
+        [sum] if *sum == 6.0 => Ok(()),
+        other => Err(failed(format!("1 + 2 + 3 gave {other:?}"))),
     }
 }
 
