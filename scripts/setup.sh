@@ -76,6 +76,11 @@ macos_tools() {
     fi
     die "mlx-serve on macOS needs Apple Silicon (arm64): MLX's Metal wheels exist for arm64 only, not $(uname -m)"
   fi
+  # libmlx.dylib in the mlx-metal wheels needs macOS 14.0.
+  local macos
+  macos=$(sw_vers -productVersion 2>/dev/null || echo unknown)
+  [ "${macos%%.*}" -ge 14 ] 2>/dev/null \
+    || die "macOS $macos is too old: MLX's Metal wheels need macOS 14 (Sonoma) or newer"
   command -v "$PYTHON" >/dev/null 2>&1 \
     || die "$PYTHON is missing: install Python 3 (the Xcode command line tools bring one, or brew install python)"
   local machine

@@ -1,8 +1,9 @@
 //! `scripts/setup.sh`'s macOS checks, run here on Linux with the commands they ask
-//! (`uname`, `sysctl`, `xcode-select`, `c++`, `brew`, Python's `platform.machine()`) answered
-//! by small shell stand-ins: an Intel Mac, a Rosetta shell or Python, missing or old Xcode
-//! tools, and cmake/promtool missing with and without Homebrew each stop the set-up with
-//! what to do, before it downloads anything. No Mac is needed to see those messages.
+//! (`uname`, `sysctl`, `sw_vers`, `xcode-select`, `c++`, `brew`, Python's
+//! `platform.machine()`) answered by small shell stand-ins: an Intel Mac, a Rosetta shell or
+//! Python, macOS 13, missing or old Xcode tools, and cmake/promtool missing with and
+//! without Homebrew each stop the set-up with what to do, before it downloads anything. No
+//! Mac is needed to see those messages.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ impl FakeMac {
             "sysctl",
             r#"case "$2" in sysctl.proc_translated) echo "$FAKE_TRANSLATED";; hw.optional.arm64) echo "$FAKE_ARM64_CPU";; esac"#,
         );
+        script("sw_vers", r#"echo "$FAKE_MACOS""#);
         script(
             "xcode-select",
             r#"[ "$FAKE_XCODE" = 1 ] || exit 2; echo /Library/Developer/CommandLineTools"#,
@@ -90,6 +92,7 @@ impl FakeMac {
             .env("FAKE_BREW_LOG", self.brew_log());
         for (name, value) in [
             ("FAKE_ARCH", "arm64"),
+            ("FAKE_MACOS", "14.6.1"),
             ("FAKE_TRANSLATED", "0"),
             ("FAKE_ARM64_CPU", "1"),
             ("FAKE_XCODE", "1"),
@@ -153,6 +156,15 @@ fn intel_macs_and_rosetta_are_refused_with_what_to_do() {
             "mlx-metal has none",
             "PYTHON=",
         ],
+    );
+}
+
+#[test]
+fn macos_before_14_is_refused() {
+    let mac = FakeMac::new("macos", &[]);
+    assert_stops(
+        mac.setup(&[("FAKE_MACOS", "13.6.7")]),
+        &["macOS 13.6.7 is too old", "macOS 14 (Sonoma) or newer"],
     );
 }
 
