@@ -49,7 +49,7 @@ pub struct ServeSettings {
     /// Device MLX computes on: `auto` (the GPU when this MLX build has one), `cpu`, or
     /// `gpu` (refused at start-up when the build has none). A virtual Mac, such as a hosted
     /// CI runner, reports a GPU it cannot use: run it with `cpu`.
-    #[arg(long, env = "MLX_SERVE_DEVICE", value_enum, default_value_t = DeviceChoice::Auto)]
+    #[arg(long, env = DeviceChoice::ENV, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 
     /// How weights are held: `auto` (f32 on the CPU, quantized on a GPU), `f32`, `f16`,

@@ -141,3 +141,11 @@ pub fn gpu_available() -> bool {
         status == 0 && available
     }
 }
+
+/// [`apply_from_env`] for the unit tests that compute, panicking with its message.
+#[cfg(test)]
+pub(crate) fn use_test_device() {
+    if let Err(message) = apply_from_env() {
+        panic!("{message}");
+    }
+}

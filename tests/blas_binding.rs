@@ -4,6 +4,8 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use mlx_serve::runtime::blas_library;
 
@@ -22,7 +24,6 @@ fn mapped_libraries() -> Vec<String> {
 
 #[test]
 fn cblas_sgemm_resolves_to_openblas_ahead_of_the_bundled_reference_blas() {
-    common::use_test_device();
     let mapped = mapped_libraries();
     // The wheel's reference BLAS is loaded (libmlx needs it) ...
     assert!(
@@ -46,7 +47,6 @@ fn cblas_sgemm_resolves_to_openblas_ahead_of_the_bundled_reference_blas() {
 
 #[test]
 fn libmlx_calls_reach_the_executables_own_sgemm_first() {
-    common::use_test_device();
     // SAFETY: dlsym only reads the loader's tables.
     let bound = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cblas_sgemm".as_ptr()) };
     assert_eq!(
@@ -136,23 +136,11 @@ fn products_of_every_shape_take_their_route_and_equal_a_plain_sum() {
 /// `OPENBLAS_CORETYPE` set to `coretype` (or absent).
 fn kernels_the_server_reports(coretype: Option<&str>) -> String {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
 
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mlx-serve"));
+    let mut command = process::serve_command(&["--no-kv-store"]);
     command
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--kv-cache-mb",
-            "16",
-            "--no-kv-store",
-        ])
-        .arg("--model")
-        .arg(common::default_model_path())
         .env_remove(mlx_serve::openblas_core::CORETYPE_VARIABLE)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(std::process::Stdio::null());
     if let Some(coretype) = coretype {
         command.env(mlx_serve::openblas_core::CORETYPE_VARIABLE, coretype);
     }
@@ -176,7 +164,6 @@ fn kernels_the_server_reports(coretype: Option<&str>) -> String {
 /// CPU has, whatever OpenBLAS made of the CPU's model number.
 #[test]
 fn the_server_runs_the_openblas_kernels_this_cpu_supports() {
-    common::use_test_device();
     use mlx_serve::openblas_core::{CpuFeatures, better_core};
 
     let kernels = kernels_the_server_reports(None);
@@ -190,6 +177,5 @@ fn the_server_runs_the_openblas_kernels_this_cpu_supports() {
 
 #[test]
 fn a_kernel_set_the_user_chose_is_kept() {
-    common::use_test_device();
     assert_eq!(kernels_the_server_reports(Some("Prescott")), "Prescott");
 }

@@ -4,10 +4,11 @@
 //! macOS CI job runs it with `cargo test --release --test device -- --ignored`.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::DEADLINE;
@@ -21,23 +22,9 @@ fn run_until(
     env: &[(&str, &str)],
     until: impl Fn(&str) -> bool,
 ) -> (std::process::Child, Vec<String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mlx-serve"));
-    command
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--kv-cache-mb",
-            "16",
-            "--no-kv-store",
-        ])
-        .args(["--served-model-name", "device-test"])
-        .arg("--model")
-        .arg(common::default_model_path())
-        .args(args)
-        .env_remove("MLX_SERVE_DEVICE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command =
+        process::serve_command(&["--no-kv-store", "--served-model-name", "device-test"]);
+    command.args(args).env_remove("MLX_SERVE_DEVICE");
     for (name, value) in env {
         command.env(name, value);
     }

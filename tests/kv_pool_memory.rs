@@ -4,6 +4,8 @@
 //! binary, so that no other test's allocations move the process's resident size meanwhile.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use mlx_rs::Dtype;
 use mlx_serve::model::config::{Architecture, ModelConfig};
 use mlx_serve::model::kv_cache::{KvCacheConfig, PagedKvCache};
@@ -44,7 +46,7 @@ fn smollm2() -> ModelConfig {
 
 #[test]
 fn the_pool_becomes_resident_only_where_blocks_are_written() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     const MIB: usize = 1 << 20;
     let model = smollm2();
     let config = KvCacheConfig::from_budget(256 * MIB, 16, &model, Dtype::Float32).unwrap();

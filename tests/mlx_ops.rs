@@ -2,6 +2,8 @@
 //!
 //! Inputs come from a fixed-seed generator, so every run checks the same numbers.
 
+mod common;
+
 use mlx_rs::fast::{ScaledDotProductAttentionMask, rms_norm, scaled_dot_product_attention};
 use mlx_rs::ops::{dequantize, matmul, quantize, quantized_matmul};
 use mlx_rs::{Array, Dtype};
@@ -51,7 +53,7 @@ fn reference_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f
 
 #[test]
 fn matmul_matches_plain_loops() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     // Odd sizes on purpose: no kernel gets to assume aligned tiles.
     let (m, k, n) = (37, 53, 29);
     let a = values(1, m * k);
@@ -72,7 +74,7 @@ fn matmul_matches_plain_loops() {
 
 #[test]
 fn large_matmul_through_blas_matches_plain_loops() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     // Big enough that MLX hands it to BLAS (OpenBLAS on Linux); spot-check rows.
     let n = 256;
     let a = values(3, n * n);
@@ -92,7 +94,7 @@ fn large_matmul_through_blas_matches_plain_loops() {
 
 #[test]
 fn causal_gqa_attention_matches_plain_softmax() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     // 4 query heads share 2 KV heads (grouped-query attention), causal over 6 positions.
     let (heads, kv_heads, len, dim) = (4usize, 2usize, 6usize, 16usize);
     let q = values(5, heads * len * dim);
@@ -139,7 +141,7 @@ fn causal_gqa_attention_matches_plain_softmax() {
 
 #[test]
 fn rms_norm_matches_definition() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     let (rows, dim) = (3, 24);
     let x = values(8, rows * dim);
     let weight = values(9, dim);
@@ -161,7 +163,7 @@ fn rms_norm_matches_definition() {
 
 #[test]
 fn quantized_matmul_matches_unpacked_weights() {
-    mlx_serve::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+    common::use_test_device();
     let (out_features, in_features, batch) = (48usize, 128usize, 3usize);
     let (group, bits) = (64usize, 4usize);
     let w = values(10, out_features * in_features);

@@ -193,7 +193,6 @@ fn write_hf_folder(dir: &Path, quantized: bool) {
 
 #[test]
 fn gguf_and_hf_folders_decode_identically() {
-    common::use_test_device();
     let dense_dir = ScratchDir::new("hf-dense");
     let quant_dir = ScratchDir::new("hf-quant");
     let (dense, quant) = (dense_dir.0.clone(), quant_dir.0.clone());
@@ -252,7 +251,6 @@ fn gguf_and_hf_folders_decode_identically() {
 
 #[test]
 fn hub_ids_resolve_from_the_cache_and_fail_clearly_offline() {
-    common::use_test_device();
     let cache = ScratchDir::new("hf-cache");
     let cache_dir = cache.0.clone();
     common::with_model(move |_| {
@@ -313,7 +311,6 @@ fn hub_ids_resolve_from_the_cache_and_fail_clearly_offline() {
 
 #[test]
 fn broken_model_files_are_errors_not_panics() {
-    common::use_test_device();
     let scratch = ScratchDir::new("broken");
     let dir = scratch.0.clone();
     common::with_model(move |_| {

@@ -62,7 +62,6 @@ fn request(prompt: &ReferencePrompt, max_tokens: usize, join_step: usize) -> Gre
 
 #[test]
 fn fixture_was_made_from_the_installed_model() {
-    common::use_test_device();
     let fixture = fixture();
     let fingerprint = mlx_serve::model::identity::file_sha256(&common::default_model_path())
         .expect("hash the model");
@@ -78,7 +77,6 @@ fn fixture_was_made_from_the_installed_model() {
 
 #[test]
 fn greedy_single_sequences_match_mlx_lm() {
-    common::use_test_device();
     let fixture = fixture();
     for prompt in &fixture.prompts {
         let len = prompt.output_ids.len();
@@ -94,7 +92,6 @@ fn greedy_single_sequences_match_mlx_lm() {
 
 #[test]
 fn batched_decoding_matches_one_at_a_time() {
-    common::use_test_device();
     let fixture = fixture();
     let len = 48;
     // All prompts in one batch: two start at once, the others join while those decode and
@@ -123,7 +120,6 @@ fn batched_decoding_matches_one_at_a_time() {
 
 #[test]
 fn block_size_does_not_change_tokens() {
-    common::use_test_device();
     let fixture = fixture();
     let len = 48;
     let prompts = &fixture.prompts[..2];

@@ -500,6 +500,7 @@ fn assert_follows_reference(what: &str, got: &[u32], reference: &Reference) -> u
 }
 
 fn check_variant(name: &str) {
+    common::use_test_device();
     let fixture = fixture();
     let variant = fixture
         .variants
@@ -681,7 +682,6 @@ fn check_config(variant: &Variant, model: &LlamaModel) {
 
 #[test]
 fn fixture_covers_every_variant() {
-    common::use_test_device();
     let fixture = fixture();
     let names: Vec<&str> = fixture.variants.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, VARIANTS, "regenerate the fixture (`make reference`)");
@@ -702,43 +702,36 @@ fn fixture_covers_every_variant() {
 
 #[test]
 fn llama_untied_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("llama_untied");
 }
 
 #[test]
 fn llama_attention_bias_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("llama_bias");
 }
 
 #[test]
 fn llama3_rope_scaling_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("llama3_scaled");
 }
 
 #[test]
 fn qwen2_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("qwen2");
 }
 
 #[test]
 fn qwen3_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("qwen3");
 }
 
 #[test]
 fn mistral_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("mistral");
 }
 
 #[test]
 fn quantized_qwen3_matches_mlx_lm() {
-    common::use_test_device();
     check_variant("qwen3_q4");
 }
 

@@ -120,7 +120,6 @@ mod tests {
     /// range divided by its levels, and most within half of one.
     #[test]
     fn every_value_comes_back_within_one_step() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         for bits in [4, 8] {
             for group_size in GROUP_SIZES {
                 let values = sample(4 * group_size, bits + group_size as u32);
@@ -148,7 +147,6 @@ mod tests {
 
     #[test]
     fn the_extreme_farthest_from_zero_is_exact() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         let mut values = sample(64, 3);
         values[10] = -20.0;
         let back = dequantize(&quantize(&values, 64, 4), 64, 4);
@@ -161,7 +159,6 @@ mod tests {
 
     #[test]
     fn constant_groups_and_zeros_survive() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         for bits in [4, 8] {
             for value in [0.0, 1.5, -3.25] {
                 let values = vec![value; 64];
@@ -176,7 +173,6 @@ mod tests {
 
     #[test]
     fn group_sizes_follow_the_head_dimension() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(group_size_for(64), Some(64));
         assert_eq!(group_size_for(128), Some(64));
         assert_eq!(group_size_for(96), Some(32));
@@ -187,7 +183,7 @@ mod tests {
     /// same values back from our tensors.
     #[test]
     fn the_layout_is_mlx_s_own() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         use mlx_rs::Array;
         for bits in [4u32, 8] {
             for group_size in GROUP_SIZES {

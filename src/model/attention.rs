@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_prompt_chunk_after_cached_keys_sees_only_its_past() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         // 6 query heads sharing 2 KV heads; 5 new tokens after 4 cached ones.
         let queries = random(&[1, 6, 5, 8], 2.0);
         let (keys, values) = (random(&[1, 2, 9, 8], 2.0), random(&[1, 2, 9, 8], 1.0));
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn padded_decode_batches_ignore_their_padding() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         let queries = random(&[3, 6, 1, 8], 2.0);
         let (keys, values) = (random(&[3, 2, 7, 8], 2.0), random(&[3, 2, 7, 8], 1.0));
         let lengths = [7, 3, 1];
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn one_token_over_all_its_keys_and_extreme_scores_stay_finite() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         let (keys, values) = (random(&[1, 2, 5, 8], 2.0), random(&[1, 2, 5, 8], 1.0));
         let diff = difference(&random(&[1, 6, 1, 8], 2.0), &keys, &values, Mask::All);
         assert!(diff < 1e-5, "{diff}");

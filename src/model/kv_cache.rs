@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn blocks_are_populated_once_before_their_first_write_and_still_read_zeros() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         let mut cache = pool();
         let keys = buffer_address(&cache.layers[1].keys).unwrap();
         let page_of_block = |block: usize| keys + block * 4096 + 2048;
@@ -522,7 +522,7 @@ mod tests {
 
     #[test]
     fn a_pool_left_unevaluated_by_a_failed_step_is_evaluated_before_populating() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         let mut cache = pool();
         // A write built but never evaluated, as when a step fails after its writes.
         let ones = Array::from_slice(&[1.0f32; 128], &[1, 2, 64]);

@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn swiglu_equals_silu_times_up_at_every_magnitude() {
-        crate::device::apply_from_env().unwrap_or_else(|e| panic!("{e}"));
+        crate::device::use_test_device();
         let mut compiled = compile(swiglu, true);
         // Two shapes through the same compiled function: the shapeless trace is reused.
         for len in [7, 1536] {

@@ -31,23 +31,30 @@ fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Rec
     rx
 }
 
+/// `mlx-serve serve` of the default model on a free port with a 64 MiB KV pool, then
+/// `extra`; stdout and stderr piped. Not started.
+pub fn serve_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mlx-serve"));
+    command
+        .args(["serve", "--port", "0", "--kv-cache-mb", "64", "--model"])
+        .arg(crate::common::default_model_path())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Starts `mlx-serve serve` on a free port and waits until the model is ready. Without
 /// `--kv-store-dir` in `extra` the disk tier is off (nothing is written into the user's
 /// cache folder).
 pub fn start(extra: &[&str]) -> Served {
-    let model = crate::common::default_model_path();
     let store = if extra.contains(&"--kv-store-dir") {
         None
     } else {
         Some("--no-kv-store")
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-serve"))
-        .args(["serve", "--port", "0", "--kv-cache-mb", "64", "--model"])
-        .arg(&model)
-        .args(extra)
+    let mut child = serve_command(extra)
         .args(store)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start mlx-serve");
     let rx = lines_of(child.stdout.take().unwrap());
